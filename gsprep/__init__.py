@@ -1,0 +1,31 @@
+"""gsprep: prepare astronomical images for multi-band galaxy fitting with GalfitS.
+
+Pure functions on arrays: sky subtraction, cutouts, sigma images, masks, the
+GalfitS cutout file, PSF stars and an empirical PSF fitted in JAX.
+Conventions: 0-based (x, y) pixels, RA/Dec in ICRS degrees, cut sizes in
+arcsec, masks 1 = excluded, PSFs sum to 1.
+"""
+
+__version__ = "0.1.0"
+
+from .cutout import Cutout, cutout
+from .detection import Segmentation, detect
+from .io import Image, read_image, write_cutout
+from .noise import sigma_from_weight, sigma_image
+from .sky import SkyFit, fit_sky, sky_mask
+
+__all__ = [
+    "__version__",
+    "Cutout",
+    "Image",
+    "Segmentation",
+    "SkyFit",
+    "cutout",
+    "detect",
+    "fit_sky",
+    "read_image",
+    "sigma_from_weight",
+    "sigma_image",
+    "sky_mask",
+    "write_cutout",
+]

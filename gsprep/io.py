@@ -1,0 +1,298 @@
+"""Reading frames and writing gsprep's FITS products.
+
+Files are written only by ``write_*`` functions and always atomically: the
+file is written to a temporary name in the destination folder and renamed
+into place, so an interrupted run never leaves a half-written FITS file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from ._checks import check_choice
+
+__all__ = ["Image", "read_image", "write_cutout", "atomic_write", "strip_wcs"]
+
+UNITS = ("cR", "counts")
+
+
+@dataclass(frozen=True)
+class Image:
+    """One band of one frame, as read from FITS.
+
+    Attributes
+    ----------
+    data : ndarray
+        Pixel values as float64 (2-D ``(ny, nx)`` or a 3-D cube
+        ``(nz, ny, nx)``); BSCALE/BZERO applied; inf replaced by NaN.
+    wcs : astropy.wcs.WCS or None
+        The celestial (2-D) part of the header's WCS, including SIP and
+        lookup-table distortions; ``None`` when the header has none.
+    header : astropy.io.fits.Header
+        The HDU's header.
+    unit : {"cR", "counts"}
+        Count rate (counts / s) or counts.
+    band : str or None
+        Band label given by the caller.
+    pixel_scale : float or None
+        Mean pixel scale in arcsec / pixel, from the WCS.
+    exptime, gain : float or None
+        EXPTIME (s) and GAIN (e-/ADU) from the header when present and valid.
+    """
+
+    data: np.ndarray
+    wcs: WCS | None
+    header: fits.Header
+    unit: str
+    band: str | None
+    pixel_scale: float | None
+    exptime: float | None
+    gain: float | None
+
+
+def _image_hdus(hdul):
+    return [i for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) >= 2]
+
+
+def _header_number(header, keys, path):
+    for key in keys:
+        if key in header:
+            try:
+                v = float(header[key])
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(v) and v > 0:
+                return v
+            warnings.warn(
+                f"{path}: header {key}={header[key]!r} is not a positive number; ignored",
+                stacklevel=3,
+            )
+    return None
+
+
+def read_image(path, hdu=0, *, unit="cR", band=None):
+    """Read one image HDU of a FITS file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        FITS file (plain, gzip, or tile-compressed).
+    hdu : int or str
+        HDU index or EXTNAME.  A tile-compressed image is found at the index
+        astropy gives it (usually 1).
+    unit : {"cR", "counts"}
+        Whether pixel values are count rates (counts/s) or counts.
+    band : str, optional
+        A label for the band, kept on the result.
+
+    Returns
+    -------
+    Image
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file, HDU out of range or without image data (the message
+        names the HDUs that do hold images), no finite pixel.
+
+    Examples
+    --------
+    >>> img = read_image("frame.fits", band="r")          # doctest: +SKIP
+    >>> img.pixel_scale, img.exptime                       # doctest: +SKIP
+    (0.396, 53.9)
+    """
+    check_choice("unit", unit, UNITS)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        msg = f"path: no such file {path!r}"
+        raise FileNotFoundError(msg)
+    with fits.open(path) as hdul:
+        images = _image_hdus(hdul)
+        where = ", ".join(f"{i} ({hdul[i].name})" for i in images) or "none"
+        try:
+            h = hdul[hdu]
+        except (IndexError, KeyError):
+            msg = f"hdu={hdu!r} not in {path!r}: it has {len(hdul)} HDUs; image HDUs: {where}"
+            raise ValueError(msg) from None
+        if not h.is_image or h.data is None or h.data.ndim < 2:
+            msg = f"hdu={hdu!r} of {path!r} holds no 2-D or 3-D image; image HDUs: {where}"
+            raise ValueError(msg)
+        if h.data.ndim > 3:
+            msg = f"hdu={hdu!r} of {path!r} has {h.data.ndim} axes; gsprep reads 2-D images and 3-D cubes"
+            raise ValueError(msg)
+        header = h.header.copy()
+        data = np.array(h.data, dtype=np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            full = WCS(header, fobj=hdul)
+    data[~np.isfinite(data)] = np.nan
+    if not np.isfinite(data).any():
+        msg = f"{path!r} hdu={hdu!r}: the image has no finite pixels (all NaN or inf)"
+        raise ValueError(msg)
+    wcs = full.celestial if full.has_celestial else None
+    if wcs is not None and wcs.naxis != 2:
+        wcs = None
+    scale = None
+    if wcs is not None:
+        scale = float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
+    return Image(
+        data=data,
+        wcs=wcs,
+        header=header,
+        unit=unit,
+        band=band,
+        pixel_scale=scale,
+        exptime=_header_number(header, ("EXPTIME", "EXPOSURE"), path),
+        gain=_header_number(header, ("GAIN", "CCDGAIN"), path),
+    )
+
+
+# --------------------------------------------------------------------------
+# headers
+
+_WCS_KEY = re.compile(
+    r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+"
+    r"|CRDER\d|CSYER\d|LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|EPOCH|WCSNAME|MJDREF"
+    r"|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER|A_\d+_\d+|B_\d+_\d+|AP_\d+_\d+|BP_\d+_\d+|A_DMAX|B_DMAX"
+    r"|D2IM[\w.]*|CPDIS[\w.]*|CPERR[\w.]*|DP\d[\w.]*|DQ\d[\w.]*|AXISCORR|D2IMEXT|D2IMERR\w*)[A-Z]?$"
+)
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|BLANK|EXTNAME|EXTVER"
+    r"|CHECKSUM|DATASUM|Z\w+|TFIELDS|TTYPE\d+|TFORM\d+)$"
+)
+
+
+def strip_wcs(header):
+    """Copy of ``header`` without WCS, distortion and structural keywords."""
+    out = fits.Header()
+    if header is None:
+        return out
+    for card in header.cards:
+        key = card.keyword
+        if not key or _WCS_KEY.match(key) or _STRUCTURAL.match(key):
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            out.append((key, card.value, card.comment), bottom=True)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_write(path, *, overwrite=False):
+    """Yield a temporary path next to ``path``; rename it into place on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        msg = f"path: folder {folder!r} does not exist"
+        raise FileNotFoundError(msg)
+    if os.path.exists(path) and not overwrite:
+        msg = f"path: {path!r} exists; pass overwrite=True to replace it"
+        raise FileExistsError(msg)
+    fd, tmp = tempfile.mkstemp(prefix=".gsprep-", suffix=".fits.tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------
+# cutout file
+
+MASKBIT_DOC = {}  # filled by gsprep.masks (bit -> meaning); documented in MASKBITS header
+
+
+def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, provenance=None):
+    """Write a cutout in the layout GalfitS reads.
+
+    HDU 0 ``SCI`` (float32 image; header = ``header`` minus its old WCS plus a
+    TAN WCS with CRVAL at the target and CRPIX its 1-based pixel), HDU 1
+    ``MASK`` (uint8, 1 = masked), HDU 2 ``SIGMA`` (float32) and, when ``mask``
+    carries bits, HDU 3 ``MASKBITS``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Output file.  Written atomically; an existing file is kept unless
+        ``overwrite``.
+    cutout : Cutout
+        From :func:`gsprep.cutout`.
+    mask : Mask or array
+        A :class:`gsprep.Mask` (its ``bits`` go to MASKBITS) or an array,
+        nonzero / True = masked.
+    sigma : array
+        Sigma image, same shape as ``cutout.data``.
+    header : astropy.io.fits.Header, optional
+        The parent frame's header, copied without its WCS.
+    provenance : dict, optional
+        Extra ``KEY: value`` or ``KEY: (value, comment)`` cards for HDU 0.
+    """
+    from .cutout import Cutout, linear_wcs_header  # local: io sits below cutout
+
+    if not isinstance(cutout, Cutout):
+        msg = f"cutout must be a gsprep Cutout, got {type(cutout).__name__}"
+        raise TypeError(msg)
+    data = np.asarray(cutout.data)
+    bits = getattr(mask, "bits", None)
+    mask_arr = np.asarray(getattr(mask, "mask", mask))
+    sigma = np.asarray(sigma)
+    shape = data.shape[-2:]
+    if mask_arr.shape != shape:
+        msg = f"mask has shape {mask_arr.shape} but the cutout is {shape}"
+        raise ValueError(msg)
+    if sigma.shape != data.shape:
+        msg = f"sigma has shape {sigma.shape} but the cutout data is {data.shape}"
+        raise ValueError(msg)
+    if bits is not None and np.shape(bits) != shape:
+        msg = f"mask.bits has shape {np.shape(bits)} but the cutout is {shape}"
+        raise ValueError(msg)
+
+    from . import __version__
+
+    hdr = strip_wcs(header)
+    wcs_hdr, dev = linear_wcs_header(cutout)
+    hdr.update(wcs_hdr)
+    hdr["GSPVER"] = (__version__, "gsprep version")
+    hdr["CUTNPIX"] = ((shape[-1] - 1) // 2, "cut half-size n (pixels); size 2n+1")
+    hdr["CUTR"] = (float(cutout.r_arcsec), "cut half-size r (arcsec) asked for")
+    hdr["PIXSCALE"] = (float(cutout.pixel_scale), "pixel scale (arcsec/pixel)")
+    hdr["ORIGX"] = (int(cutout.origin[0]), "0-based parent x of cutout pixel 0")
+    hdr["ORIGY"] = (int(cutout.origin[1]), "0-based parent y of cutout pixel 0")
+    hdr["WCSDEV"] = (float(dev), "max |linear WCS - full WCS| in cutout (pix)")
+    hdr["NOFFFRM"] = (int(np.count_nonzero(cutout.off_frame)), "pixels off the parent frame")
+    for key, value in (provenance or {}).items():
+        hdr[key.upper()] = value
+
+    sci = fits.PrimaryHDU(data.astype(np.float32), header=hdr)
+    sci.header["EXTNAME"] = "SCI"
+    mhdu = fits.ImageHDU(mask_arr.astype(np.uint8), name="MASK")
+    mhdu.header["COMMENT"] = "1 = masked (excluded from the fit), 0 = good"
+    shdu = fits.ImageHDU(sigma.astype(np.float32), name="SIGMA")
+    hdus = [sci, mhdu, shdu]
+    for h in (mhdu, shdu):
+        h.header.update(wcs_hdr)
+    if bits is not None:
+        bhdu = fits.ImageHDU(np.asarray(bits).astype(np.int16), name="MASKBITS")
+        bhdu.header.update(wcs_hdr)
+        for bit, (key, meaning) in sorted(MASKBIT_DOC.items()):
+            bhdu.header[key] = (bit, meaning)
+        hdus.append(bhdu)
+    with atomic_write(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="fix")
+    return os.fspath(path)

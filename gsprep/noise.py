@@ -1,0 +1,82 @@
+"""Sigma (noise) images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import as_image, check_choice, check_nonnegative, check_positive
+
+__all__ = ["sigma_image", "sigma_from_weight"]
+
+
+def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0, unit="cR"):
+    """Per-pixel noise of a sky-subtracted image (GalfitS's ``cal_sigma_image``).
+
+    ``sigma = sqrt(fac1 * |data + sky| / (gain * t) + fac2 * sky_rms**2)``
+    with ``t = exptime`` for count-rate data (``unit="cR"``, counts / s) and
+    ``t = 1`` for ``unit="counts"``.
+
+    Parameters
+    ----------
+    data : array
+        Sky-subtracted image, in counts/s (``"cR"``) or counts.
+    exptime : float
+        Exposure time, seconds (> 0).  Ignored for ``unit="counts"`` but still
+        checked when given.
+    gain : float
+        Electrons per data unit (> 0).
+    sky : float or array
+        The sky that was subtracted (same units as ``data``); its Poisson
+        noise counts.
+    sky_rms : float or array
+        Background noise (same units as ``data``), e.g. ``SkyFit.rms``.
+    fac1, fac2 : float
+        Scale factors on the source and background terms (>= 0).
+    unit : {"cR", "counts"}
+
+    Returns
+    -------
+    ndarray
+        Same units as ``data``; NaN where ``data`` is not finite.
+
+    Examples
+    --------
+    >>> sigma_image(np.array([[100.0]]), exptime=100.0, gain=2.0, sky_rms=0.1)
+    array([[0.70710678]])
+    """
+    check_choice("unit", unit, ("cR", "counts"))
+    arr = as_image("data", data, ndim=(2, 3), require_finite=False)
+    if unit == "cR" or exptime is not None:
+        t = check_positive("exptime", exptime)
+    if unit == "counts":
+        t = 1.0
+    g = check_positive("gain", gain)
+    f1, f2 = check_nonnegative("fac1", fac1), check_nonnegative("fac2", fac2)
+    rms = np.asarray(sky_rms, dtype=float)
+    if np.any(~np.isfinite(rms)) or np.any(rms < 0):
+        msg = "sky_rms must be finite and >= 0"
+        raise ValueError(msg)
+    skyv = np.asarray(sky, dtype=float)
+    try:
+        var = f1 * np.abs(arr + skyv) / (g * t) + f2 * rms**2
+    except ValueError:
+        msg = f"sky (shape {skyv.shape}) or sky_rms (shape {rms.shape}) does not match data {arr.shape}"
+        raise ValueError(msg) from None
+    return np.sqrt(var)
+
+
+def sigma_from_weight(weight):
+    """Sigma image from an inverse-variance weight map (``sigma = 1 / sqrt(w)``).
+
+    Returns
+    -------
+    sigma : ndarray
+        ``inf`` where the weight is zero, negative or not finite.
+    bad : ndarray of bool
+        True at those pixels, so a mask can cover them.
+    """
+    w = as_image("weight", weight, ndim=(2, 3), require_finite=False)
+    bad = ~np.isfinite(w) | (w <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.where(bad, np.inf, 1.0 / np.sqrt(np.where(bad, 1.0, w)))
+    return sigma, bad
