@@ -10,13 +10,19 @@ __version__ = "0.1.0"
 
 from .cutout import Cutout, cutout
 from .detection import Segmentation, detect
+from ._bits import MASK_BITS
 from .io import Image, read_image, write_cutout
+from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_weight, sigma_image
 from .sky import SkyFit, fit_sky, sky_mask
 
 __all__ = [
     "__version__",
     "Cutout",
+    "MASK_BITS",
+    "Mask",
+    "TargetNotFoundError",
+    "cutout_mask",
     "Image",
     "Segmentation",
     "SkyFit",

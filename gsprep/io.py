@@ -19,6 +19,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from ._bits import MASK_BITS
 from ._checks import check_choice
 
 __all__ = ["Image", "read_image", "write_cutout", "atomic_write", "strip_wcs"]
@@ -214,9 +215,6 @@ def atomic_write(path, *, overwrite=False):
 # --------------------------------------------------------------------------
 # cutout file
 
-MASKBIT_DOC = {}  # filled by gsprep.masks (bit -> meaning); documented in MASKBITS header
-
-
 def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, provenance=None):
     """Write a cutout in the layout GalfitS reads.
 
@@ -289,7 +287,8 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     if bits is not None:
         bhdu = fits.ImageHDU(np.asarray(bits).astype(np.int16), name="MASKBITS")
         bhdu.header.update(wcs_hdr)
-        for bit, (key, meaning) in sorted(MASKBIT_DOC.items()):
+        bhdu.header["COMMENT"] = "bit values OR-ed together; 0 = good"
+        for bit, (key, meaning) in sorted(MASK_BITS.items()):
             bhdu.header[key] = (bit, meaning)
         hdus.append(bhdu)
     with atomic_write(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
