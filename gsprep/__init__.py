@@ -15,6 +15,16 @@ from .io import Image, read_image, write_cutout
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_weight, sigma_image
 from .sky import SkyFit, fit_sky, sky_mask
+from .stars import (
+    NoStarsError,
+    StarCriteria,
+    Stamps,
+    crossmatch,
+    extract_stamps,
+    find_stars,
+    gaia_stars,
+    select_stars,
+)
 
 __all__ = [
     "__version__",
@@ -26,6 +36,14 @@ __all__ = [
     "Image",
     "Segmentation",
     "SkyFit",
+    "NoStarsError",
+    "StarCriteria",
+    "Stamps",
+    "crossmatch",
+    "extract_stamps",
+    "find_stars",
+    "gaia_stars",
+    "select_stars",
     "cutout",
     "detect",
     "fit_sky",

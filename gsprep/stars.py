@@ -1,0 +1,657 @@
+"""PSF stars: find and measure them, match a reference catalogue, select with reasons, cut stamps.
+
+Mirrors GalfitS's ``generate_PSFs`` star selection, in its order, but every
+rejected star keeps the ``reason`` it was dropped and ``table.meta["funnel"]``
+holds the number of stars left after each stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+from astropy.time import Time
+
+from ._checks import as_image, as_mask, check_nonnegative, check_positive
+from .detection import detect
+
+__all__ = [
+    "find_stars",
+    "gaia_stars",
+    "crossmatch",
+    "StarCriteria",
+    "select_stars",
+    "NoStarsError",
+    "Stamps",
+    "extract_stamps",
+    "GAIA_COLUMNS",
+]
+
+GAIA_COLUMNS = ("source_id", "ra", "dec", "pmra", "pmdec", "ref_epoch", "phot_g_mean_mag")
+
+
+# --------------------------------------------------------------------------
+# finding and measuring
+
+
+def _check_size(name, size, shape=None):
+    if isinstance(size, bool) or int(size) != size or size < 3 or size % 2 == 0:
+        msg = f"{name} must be an odd integer >= 3 (pixels), got {size!r}"
+        raise ValueError(msg)
+    size = int(size)
+    if shape is not None and size > min(shape):
+        msg = f"{name}={size} is larger than the frame ({shape[1]} x {shape[0]} pixels)"
+        raise ValueError(msg)
+    return size
+
+
+def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask=None, size=81,
+               saturation=None, deblend=False, return_segmentation=False):
+    """Detect candidate PSF stars and measure what selection needs.
+
+    Parameters
+    ----------
+    data : array (ny, nx)
+        Frame (sky need not be subtracted: a sigma-clipped background is).
+    fwhm : float
+        Expected PSF FWHM, pixels (detection smoothing).
+    nsigma, npixels : float, int
+        Detection threshold (times the noise) and minimum connected pixels.
+    sigma : array, optional
+        Sigma image (threshold ``nsigma * sigma``).
+    wcs : astropy.wcs.WCS, optional
+        Adds ICRS ``ra, dec`` and records the pixel scale.
+    mask : bool array, optional
+        True = bad pixel (counts in ``central_bad``).
+    size : int
+        Odd stamp size, pixels: the box for ``isolation`` and ``in_frame``.
+    saturation : float, optional
+        Pixels at or above it count in ``central_bad``.
+    deblend : bool
+        Deblend blended sources before measuring.
+    return_segmentation : bool
+        Also return the :class:`gsprep.Segmentation` (for :func:`extract_stamps`).
+
+    Returns
+    -------
+    astropy.table.Table
+        ``id`` (segment label), ``x, y`` (0-based centroid, pixels), ``ra, dec``
+        (ICRS degrees, with a WCS), ``flux`` (background-subtracted segment
+        sum), ``peak``, ``fwhm`` (pixels), ``q`` (minor / major axis),
+        ``isolation`` (fraction of the source-flux in the ``size`` box that
+        belongs to other sources), ``central_bad`` (masked, non-finite or
+        saturated pixels within ``0.25 * size`` of the centre), ``in_frame``
+        (the ``size`` box fits inside the frame).  ``meta`` holds ``fwhm``,
+        ``size``, ``pixel_scale`` (arcsec, with a WCS).
+    """
+    arr = as_image("data", data)
+    size = _check_size("size", size, arr.shape)
+    bad = as_mask("mask", mask, arr.shape)
+    seg = detect(arr, fwhm=fwhm, nsigma=nsigma, npixels=npixels, sigma=sigma, mask=bad, wcs=wcs,
+                 deblend=deblend)
+    src = seg.table
+    labels = seg.labels
+    ny, nx = arr.shape
+    resid = np.where(np.isfinite(arr), arr - seg.background, 0.0)
+    pos = np.clip(resid, 0, None) * (labels > 0)
+    badpix = bad | ~np.isfinite(arr)
+    if saturation is not None:
+        with np.errstate(invalid="ignore"):
+            badpix |= arr >= float(saturation)
+    h = size // 2
+    rc = 0.25 * size
+    iso, cbad, inframe = [], [], []
+    wfwhm, wq = [], []
+    for row in src:
+        x, y, lab = float(row["x"]), float(row["y"]), int(row["label"])
+        ix, iy = int(round(x)), int(round(y))
+        x0, x1, y0, y1 = max(ix - h, 0), min(ix + h + 1, nx), max(iy - h, 0), min(iy + h + 1, ny)
+        box = pos[y0:y1, x0:x1]
+        lb = labels[y0:y1, x0:x1]
+        own = box[lb == lab].sum()
+        other = box[(lb != lab) & (lb > 0)].sum()
+        iso.append(other / (own + other) if own + other > 0 else 1.0)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        near = (xx - x) ** 2 + (yy - y) ** 2 <= rc**2
+        cbad.append(int(np.count_nonzero(badpix[y0:y1, x0:x1] & near)))
+        inframe.append(ix - h >= 0 and iy - h >= 0 and ix + h < nx and iy + h < ny)
+        f, qq = _windowed_shape(resid, x, y, fwhm, np.isfinite(arr) & ~bad)
+        wfwhm.append(f)
+        wq.append(qq)
+    t = Table()
+    t["id"] = np.asarray(src["label"], dtype=int)
+    t["x"], t["y"] = src["x"], src["y"]
+    if wcs is not None:
+        t["ra"], t["dec"] = src["ra"], src["dec"]
+    for k in ("flux", "peak"):
+        t[k] = src[k]
+    t["fwhm"] = np.asarray(wfwhm, dtype=float)
+    t["q"] = np.asarray(wq, dtype=float)
+    t["isolation"] = np.asarray(iso, dtype=float)
+    t["central_bad"] = np.asarray(cbad, dtype=int)
+    t["in_frame"] = np.asarray(inframe, dtype=bool)
+    t.meta["fwhm"] = float(fwhm)
+    t.meta["size"] = size
+    if wcs is not None:
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        t.meta["pixel_scale"] = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+    return (t, seg) if return_segmentation else t
+
+
+def _windowed_shape(resid, x, y, fwhm_guess, good, niter=3):
+    """FWHM (pixels) and axis ratio from Gaussian-windowed second moments.
+
+    The moments are measured with a circular Gaussian window (sigma = the
+    guessed FWHM / 2.355 x 1.5), the window and the pixel's own variance
+    (1/12) are removed analytically (exact for a Gaussian source), and the
+    window is re-centred on the first moments.  Unlike moments over the whole
+    segment this does not grow with the star's brightness, and a cosmic ray
+    (one pixel) comes out with a FWHM near 0.
+    """
+    ny, nx = resid.shape
+    sw = 1.5 * fwhm_guess * FWHM_TO_SIGMA_
+    r = int(np.ceil(4 * sw))
+    ix, iy = int(round(x)), int(round(y))
+    x0, x1, y0, y1 = max(ix - r, 0), min(ix + r + 1, nx), max(iy - r, 0), min(iy + r + 1, ny)
+    d = resid[y0:y1, x0:x1] * good[y0:y1, x0:x1]
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(float)
+    cx, cy = x, y
+    for _ in range(niter):
+        w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sw**2)) * d
+        tot = w.sum()
+        if not tot > 0:
+            return np.nan, np.nan
+        cx, cy = (w * xx).sum() / tot, (w * yy).sum() / tot
+    dx, dy = xx - cx, yy - cy
+    w = np.exp(-(dx**2 + dy**2) / (2 * sw**2)) * d
+    tot = w.sum()
+    m = np.array([[(w * dx * dx).sum(), (w * dx * dy).sum()], [(w * dx * dy).sum(), (w * dy * dy).sum()]]) / tot
+    try:
+        cs = np.linalg.inv(np.linalg.inv(m) - np.eye(2) / sw**2) - np.eye(2) / 12.0
+        lam = np.linalg.eigvalsh(cs)
+    except np.linalg.LinAlgError:
+        return np.nan, np.nan
+    if not np.all(np.isfinite(lam)):
+        return np.nan, np.nan
+    lam = np.clip(lam, 1e-6, None)
+    return float(2.3548 * (lam[0] * lam[1]) ** 0.25), float(np.sqrt(lam[0] / lam[1]))
+
+
+FWHM_TO_SIGMA_ = 1.0 / 2.3548200450309493
+
+
+# --------------------------------------------------------------------------
+# Gaia
+
+
+def _default_cache():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gsprep", "gaia")
+
+
+def _gaia_client():
+    """The astroquery Gaia TAP client (imported here: astroquery.gaia touches the network on import)."""
+    from astroquery.gaia import GaiaClass
+
+    return GaiaClass(show_server_messages=False)
+
+
+def _arcsec(name, value):
+    if isinstance(value, u.Quantity):
+        if value.unit.physical_type != "angle":
+            msg = f"{name} must be an angle or a number of arcsec, got unit {value.unit}"
+            raise ValueError(msg)
+        value = value.to_value(u.arcsec)
+    return check_positive(name, value)
+
+
+def gaia_query(ra, dec, radius_arcsec, columns=GAIA_COLUMNS, table="gaiadr3.gaia_source"):
+    """ADQL cone query (no ``TOP``: every row in the cone comes back)."""
+    cols = ", ".join(columns)
+    return (
+        f"SELECT {cols} FROM {table} WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), "
+        f"CIRCLE('ICRS', {float(ra):.10f}, {float(dec):.10f}, {radius_arcsec / 3600.0:.10f}))"
+    )
+
+
+def gaia_stars(ra, dec, radius, *, cache=None, columns=GAIA_COLUMNS, refresh=False):
+    """Gaia DR3 sources in a cone, cached on disk.
+
+    The only function in gsprep that touches the network.  astroquery's
+    ``cone_search`` silently stops at ``Gaia.ROW_LIMIT`` (50) rows; this builds
+    the ADQL query itself without a ``TOP`` clause so every source comes back.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Cone centre, ICRS degrees.
+    radius : float or Quantity
+        Cone radius, arcsec.
+    cache : str or path-like or False, optional
+        Folder for cached replies (default ``$XDG_CACHE_HOME/gsprep/gaia`` or
+        ``~/.cache/gsprep/gaia``); ``False`` disables caching.  A cached reply
+        is returned without touching the network.
+    columns : sequence of str
+        ``gaiadr3.gaia_source`` columns (default: source_id, ra, dec, pmra,
+        pmdec, ref_epoch, phot_g_mean_mag).
+    refresh : bool
+        Query again even when a cached reply exists.
+
+    Returns
+    -------
+    astropy.table.Table
+        Lower-case column names; ``meta["query"]`` holds the ADQL.
+
+    Raises
+    ------
+    ConnectionError
+        The archive could not be reached; the message says how to work
+        offline (a cached reply, or a local catalogue with :func:`crossmatch`).
+    """
+    radius_as = _arcsec("radius", radius)
+    if not (-90.0 <= float(dec) <= 90.0):
+        msg = f"dec must be within [-90, 90] degrees, got {dec!r}"
+        raise ValueError(msg)
+    query = gaia_query(float(ra) % 360.0, float(dec), radius_as, tuple(columns))
+    path = None
+    if cache is not False:
+        folder = os.fspath(cache) if cache is not None else _default_cache()
+        key = hashlib.sha256(query.encode()).hexdigest()[:20]
+        path = os.path.join(folder, f"gaia-{key}.ecsv")
+        if os.path.exists(path) and not refresh:
+            return Table.read(path, format="ascii.ecsv")
+    try:
+        job = _gaia_client().launch_job_async(query)
+        result = job.get_results()
+    except Exception as exc:  # astroquery raises many kinds (HTTPError, OSError, ...)
+        msg = (
+            f"could not query the Gaia archive ({type(exc).__name__}: {exc}). To work offline, run once "
+            f"with the network so the reply is cached{' in ' + os.path.dirname(path) if path else ''}, "
+            "or pass a local catalogue (ECSV/FITS with ra, dec columns) as the reference to "
+            "gsprep.crossmatch / select_stars(reference=...)"
+        )
+        raise ConnectionError(msg) from exc
+    table = Table(result)
+    for name in list(table.colnames):
+        if name != name.lower():
+            table.rename_column(name, name.lower())
+    table.meta = {"query": query, "radius_arcsec": radius_as}
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + f".{os.getpid()}.tmp"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table.write(tmp, format="ascii.ecsv", overwrite=True)
+        os.replace(tmp, path)
+    return table
+
+
+# --------------------------------------------------------------------------
+# cross-match
+
+
+def _radec(name, table):
+    cols = {c.lower(): c for c in table.colnames}
+    if "ra" not in cols or "dec" not in cols:
+        msg = f"{name} needs 'ra' and 'dec' columns (degrees); it has {table.colnames}"
+        raise ValueError(msg)
+    ra = np.asarray(table[cols["ra"]], dtype=float)
+    dec = np.asarray(table[cols["dec"]], dtype=float)
+    return ra, dec
+
+
+def _epoch_year(epoch):
+    if isinstance(epoch, Time):
+        return float(epoch.jyear)
+    if isinstance(epoch, str):
+        return float(Time(epoch).jyear)
+    return float(epoch)
+
+
+def crossmatch(catalog, reference, radius, *, epoch=None):
+    """Match every row of ``catalog`` to its nearest ``reference`` source on the sky.
+
+    Parameters
+    ----------
+    catalog, reference : astropy.table.Table
+        Any tables with ``ra, dec`` columns in ICRS degrees (Gaia, a local
+        catalogue, a user's list).
+    radius : float or Quantity
+        Match radius, arcsec.
+    epoch : float, str or astropy.time.Time, optional
+        The image's epoch (Julian year, an ISO date such as DATE-OBS, or a
+        Time).  When given and ``reference`` has ``pmra, pmdec`` (mas/yr,
+        ``pmra`` including cos dec) and ``ref_epoch`` (Julian year), the
+        reference positions are first moved to that epoch.
+
+    Returns
+    -------
+    astropy.table.Table
+        A copy of ``catalog`` with ``matched`` (bool), ``sep`` (arcsec to the
+        nearest reference source), ``ref_index`` (-1 if unmatched) and every
+        reference column as ``ref_<name>`` (masked where unmatched).
+    """
+    radius_as = _arcsec("radius", radius)
+    if len(reference) == 0:
+        msg = "reference is empty: nothing to match against"
+        raise ValueError(msg)
+    ra, dec = _radec("catalog", catalog)
+    rra, rdec = _radec("reference", reference)
+    if epoch is not None and {"pmra", "pmdec", "ref_epoch"} <= set(reference.colnames):
+        dt = _epoch_year(epoch) - np.asarray(reference["ref_epoch"], dtype=float)
+        pmra = np.nan_to_num(np.asarray(reference["pmra"], dtype=float))
+        pmdec = np.nan_to_num(np.asarray(reference["pmdec"], dtype=float))
+        dt = np.nan_to_num(dt)
+        rdec = rdec + pmdec * dt / 3.6e6
+        rra = rra + pmra * dt / 3.6e6 / np.cos(np.radians(rdec))
+    out = Table(catalog, copy=True)
+    n = len(out)
+    if n == 0:
+        out["matched"] = np.zeros(0, bool)
+        out["sep"] = np.zeros(0)
+        out["ref_index"] = np.zeros(0, int)
+        return out
+    idx, sep, _ = SkyCoord(ra * u.deg, dec * u.deg).match_to_catalog_sky(SkyCoord(rra * u.deg, rdec * u.deg))
+    sep_as = sep.to_value(u.arcsec)
+    matched = sep_as <= radius_as
+    out["matched"] = matched
+    out["sep"] = sep_as
+    out["ref_index"] = np.where(matched, idx, -1)
+    for name in reference.colnames:
+        col = reference[name][idx]
+        new = Table.Column(col) if not hasattr(col, "mask") else col
+        out[f"ref_{name}"] = Table.MaskedColumn(np.asarray(new), mask=~matched)
+    return out
+
+
+# --------------------------------------------------------------------------
+# selection
+
+
+@dataclass(frozen=True)
+class StarCriteria:
+    """Star-selection knobs (GalfitS's ``generate_PSFs`` names).
+
+    Attributes
+    ----------
+    flux_threshold : float
+        Keep stars with ``flux > flux_threshold * mean(flux)`` of all detections.
+    q_min : float
+        Minimum axis ratio (minor / major).
+    fwhm_nsigma : float
+        Keep FWHM within this many robust sigmas (1.4826 MAD) of the median
+        FWHM of the stars still in.
+    fwhm_max : float or None
+        Maximum FWHM, pixels.
+    size : int
+        Stamp size, pixels (odd).
+    isolate : float
+        Maximum fraction of the stamp's source flux belonging to other sources.
+    central_tol : int
+        Maximum number of bad pixels within ``0.25 * size`` of the centre.
+    drop : tuple
+        Star ids to drop by hand.
+    gaia_radius : float or None
+        Reference match radius, arcsec (default 1.5 x FWHM, from the
+        catalogue's ``meta``).
+    starcord_list : tuple of (ra, dec) or None
+        The user's own star positions (ICRS degrees), used as the reference
+        instead of Gaia.
+    """
+
+    flux_threshold: float = 0.0
+    q_min: float = 0.8
+    fwhm_nsigma: float = 3.0
+    fwhm_max: float | None = None
+    size: int = 81
+    isolate: float = 0.1
+    central_tol: int = 0
+    drop: tuple = field(default_factory=tuple)
+    gaia_radius: float | None = None
+    starcord_list: tuple | None = None
+
+    def __post_init__(self):
+        check_nonnegative("flux_threshold", self.flux_threshold)
+        if not 0 <= self.q_min <= 1:
+            msg = f"q_min must be within [0, 1], got {self.q_min!r}"
+            raise ValueError(msg)
+        check_positive("fwhm_nsigma", self.fwhm_nsigma)
+        check_positive("fwhm_max", self.fwhm_max, allow_none=True)
+        _check_size("size", self.size)
+        check_nonnegative("isolate", self.isolate)
+        check_nonnegative("central_tol", self.central_tol)
+        check_positive("gaia_radius", self.gaia_radius, allow_none=True)
+
+
+class NoStarsError(ValueError):
+    """No star survived selection; ``.table`` holds every star with its reason."""
+
+    def __init__(self, msg, table):
+        super().__init__(msg)
+        self.table = table
+
+
+STAGES = ("detected", "reference", "flux", "shape", "fwhm", "isolation", "edge", "central", "drop")
+
+
+def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
+    """Select PSF stars in GalfitS's order, keeping the reason each one was dropped.
+
+    Stages: reference match (within ``gaia_radius`` of ``reference`` or of
+    ``criteria.starcord_list``), flux, axis ratio, FWHM window, isolation,
+    stamp inside the frame, bad central pixels, manual drop.
+
+    Parameters
+    ----------
+    catalog : astropy.table.Table
+        From :func:`find_stars`.
+    criteria : StarCriteria
+    reference : astropy.table.Table, optional
+        Catalogue with ``ra, dec`` (Gaia, Tycho-2, ...).
+    epoch : optional
+        Image epoch for proper motions (see :func:`crossmatch`).
+
+    Returns
+    -------
+    astropy.table.Table
+        ``catalog`` plus ``selected`` (bool) and ``reason`` ("" if selected);
+        ``meta["funnel"]``: stars left after each stage.
+
+    Raises
+    ------
+    NoStarsError
+        Nothing survived; the message names the stage that removed the last
+        star and gives the counts so far.
+    """
+    crit = criteria if criteria is not None else StarCriteria()
+    if not isinstance(crit, StarCriteria):
+        msg = f"criteria must be a StarCriteria, got {type(crit).__name__}"
+        raise TypeError(msg)
+    if len(catalog) == 0:
+        msg = "catalog is empty: no sources were detected to select PSF stars from"
+        raise ValueError(msg)
+    t = Table(catalog, copy=True)
+    n = len(t)
+    alive = np.ones(n, bool)
+    reason = np.full(n, "", dtype=object)
+    funnel = {"detected": n}
+
+    def stage(name, ok, why):
+        ok = np.asarray(ok, bool)
+        kill = alive & ~ok
+        for i in np.nonzero(kill)[0]:
+            reason[i] = why(i)
+        alive[kill] = False
+        funnel[name] = int(alive.sum())
+
+    ref = reference
+    if crit.starcord_list is not None:
+        sc = np.atleast_2d(np.asarray(crit.starcord_list, dtype=float))
+        ref = Table({"ra": sc[:, 0], "dec": sc[:, 1]})
+    if ref is not None:
+        radius = crit.gaia_radius
+        if radius is None:
+            scale = t.meta.get("pixel_scale")
+            fw = t.meta.get("fwhm")
+            if scale is None or fw is None:
+                msg = ("criteria.gaia_radius is needed: the catalogue's meta has no pixel_scale/fwhm "
+                       "to default it to 1.5 x FWHM")
+                raise ValueError(msg)
+            radius = 1.5 * fw * scale
+        m = crossmatch(t, ref, radius, epoch=epoch)
+        for c in ("matched", "sep", "ref_index"):
+            t[c] = m[c]
+        stage("reference", m["matched"], lambda i: f"no reference star within {radius:.2f} arcsec")
+    flux = np.asarray(t["flux"], float)
+    thr = crit.flux_threshold * np.nanmean(flux)
+    stage("flux", flux > thr, lambda i: f"flux {flux[i]:.4g} <= {crit.flux_threshold:g} x mean flux")
+    q = np.asarray(t["q"], float)
+    stage("shape", q >= crit.q_min, lambda i: f"axis ratio q={q[i]:.2f} < q_min={crit.q_min:g}")
+    fw = np.asarray(t["fwhm"], float)
+    live = fw[alive]
+    if live.size:
+        med = float(np.median(live))
+        rs = max(1.4826 * float(np.median(np.abs(live - med))), 0.02 * med)
+        lo, hi = med - crit.fwhm_nsigma * rs, med + crit.fwhm_nsigma * rs
+        if crit.fwhm_max is not None:
+            hi = min(hi, crit.fwhm_max)
+        stage("fwhm", (fw >= lo) & (fw <= hi),
+              lambda i: f"FWHM {fw[i]:.2f} px outside [{lo:.2f}, {hi:.2f}]")
+    else:
+        funnel["fwhm"] = 0
+    iso = np.asarray(t["isolation"], float)
+    stage("isolation", iso <= crit.isolate,
+          lambda i: f"not isolated: {iso[i]:.2f} of the stamp's flux from other sources > {crit.isolate:g}")
+    inside = np.asarray(t["in_frame"], bool) if "in_frame" in t.colnames else np.ones(n, bool)
+    stage("edge", inside, lambda i: "stamp does not fit inside the frame")
+    cb = np.asarray(t["central_bad"], int)
+    stage("central", cb <= crit.central_tol,
+          lambda i: f"{cb[i]} bad/saturated central pixels > central_tol={crit.central_tol}")
+    ids = set(crit.drop)
+    stage("drop", [int(v) not in ids for v in t["id"]], lambda i: "dropped by hand")
+    t["selected"] = alive
+    t["reason"] = np.asarray(reason, dtype=str)
+    t.meta["funnel"] = funnel
+    if not alive.any():
+        last = next(s for s in STAGES[1:] if s in funnel and funnel[s] == 0)
+        counts = ", ".join(f"{k}={v}" for k, v in funnel.items())
+        msg = f"no star left after selection: the '{last}' stage removed the last one ({counts})"
+        raise NoStarsError(msg, t)
+    return t
+
+
+# --------------------------------------------------------------------------
+# stamps
+
+
+@dataclass(frozen=True)
+class Stamps:
+    """Star stamps for the PSF fit.
+
+    Attributes
+    ----------
+    data, sigma : ndarray (n, size, size)
+        Cut from the frame; NaN (data) / inf (sigma) off the frame.
+    mask : ndarray of bool (n, size, size)
+        True = excluded: off the frame, non-finite, the user's mask, or
+        another source's (grown) segment.
+    positions : ndarray (n, 2)
+        Each star's ``(x, y)`` in its stamp, 0-based pixels.
+    ids : ndarray of int
+        Catalogue ids.
+    origins : ndarray (n, 2)
+        Frame pixel ``(x, y)`` of each stamp's pixel ``(0, 0)``.
+    """
+
+    data: np.ndarray
+    sigma: np.ndarray
+    mask: np.ndarray
+    positions: np.ndarray
+    ids: np.ndarray
+    origins: np.ndarray
+
+
+def extract_stamps(data, sigma, catalog, size, *, mask=None, segmentation=None, grow=2):
+    """Cut ``size x size`` stamps around the (selected) stars of ``catalog``.
+
+    Parameters
+    ----------
+    data, sigma : array (ny, nx)
+        Frame and its sigma image.
+    catalog : Table
+        With ``x, y`` (0-based) and ``id``; when it has a ``selected``
+        column only selected rows are cut.
+    size : int
+        Odd stamp size, pixels.
+    mask : bool array, optional
+        True = bad.
+    segmentation : Segmentation or int array, optional
+        Label image whose labels are the catalogue ids; pixels of other
+        sources, grown by ``grow`` pixels, are masked in each stamp so
+        neighbours do not leak into the PSF.
+
+    Returns
+    -------
+    Stamps
+    """
+    from scipy import ndimage
+
+    arr = as_image("data", data)
+    sig = np.asarray(sigma, dtype=float)
+    if sig.shape != arr.shape:
+        msg = f"sigma has shape {sig.shape} but data has shape {arr.shape}"
+        raise ValueError(msg)
+    size = _check_size("size", size, arr.shape)
+    bad = as_mask("mask", mask, arr.shape) | ~np.isfinite(arr) | ~np.isfinite(sig) | (sig <= 0)
+    rows = catalog
+    if "selected" in catalog.colnames:
+        rows = catalog[np.asarray(catalog["selected"], bool)]
+    if len(rows) == 0:
+        msg = "catalog has no (selected) stars to cut stamps for"
+        raise ValueError(msg)
+    labels = getattr(segmentation, "labels", segmentation)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != arr.shape:
+            msg = f"segmentation has shape {labels.shape} but data has shape {arr.shape}"
+            raise ValueError(msg)
+    ny, nx = arr.shape
+    h = size // 2
+    n = len(rows)
+    out_d = np.full((n, size, size), np.nan)
+    out_s = np.full((n, size, size), np.inf)
+    out_m = np.ones((n, size, size), bool)
+    pos = np.zeros((n, 2))
+    origins = np.zeros((n, 2), int)
+    ids = np.asarray(rows["id"], dtype=int) if "id" in rows.colnames else np.arange(n)
+    for k, row in enumerate(rows):
+        x, y = float(row["x"]), float(row["y"])
+        ix, iy = int(round(x)), int(round(y))
+        x0, y0 = ix - h, iy - h
+        sx0, sy0 = max(x0, 0), max(y0, 0)
+        sx1, sy1 = min(x0 + size, nx), min(y0 + size, ny)
+        if sx0 >= sx1 or sy0 >= sy1:
+            continue
+        dst = (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
+        src = (slice(sy0, sy1), slice(sx0, sx1))
+        out_d[k][dst] = arr[src]
+        out_s[k][dst] = sig[src]
+        m = bad[src].copy()
+        if labels is not None:
+            other = (labels[src] > 0) & (labels[src] != ids[k])
+            if grow > 0 and other.any():
+                other = ndimage.binary_dilation(other, iterations=int(grow))
+            m |= other
+        out_m[k][dst] = m
+        pos[k] = (x - x0, y - y0)
+        origins[k] = (x0, y0)
+    out_d[out_m] = np.where(np.isfinite(out_d[out_m]), out_d[out_m], 0.0)
+    return Stamps(out_d, out_s, out_m, pos, ids, origins)
