@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 from .cutout import Cutout, cutout
 from .detection import Segmentation, detect
 from ._bits import MASK_BITS
-from .io import Image, read_image, write_cutout
+from .epsf import EPSFResult, fit_epsf, to_epsf_convention
+from .io import Image, read_image, read_psf, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_weight, sigma_image
 from .sky import SkyFit, fit_sky, sky_mask
@@ -29,6 +30,11 @@ from .stars import (
 __all__ = [
     "__version__",
     "Cutout",
+    "EPSFResult",
+    "fit_epsf",
+    "read_psf",
+    "to_epsf_convention",
+    "write_psf",
     "MASK_BITS",
     "Mask",
     "TargetNotFoundError",

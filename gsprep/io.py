@@ -22,7 +22,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from ._bits import MASK_BITS
 from ._checks import check_choice
 
-__all__ = ["Image", "read_image", "write_cutout", "atomic_write", "strip_wcs"]
+__all__ = ["Image", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
 
 UNITS = ("cR", "counts")
 
@@ -295,3 +295,120 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
         fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="fix")
     return os.fspath(path)
+
+
+# --------------------------------------------------------------------------
+# PSF file
+
+
+def _psf_fwhm(psf, k):
+    """FWHM in native pixels from the area above half maximum on the fine grid."""
+    p = np.asarray(psf, dtype=float)
+    area = np.count_nonzero(p >= 0.5 * p.max()) / k**2
+    return float(2.0 * np.sqrt(area / np.pi))
+
+
+def write_psf(path, result, *, stars=None, header=None, overwrite=False):
+    """Write a PSF file: primary HDU = the PSF (float32, sum 1), plus a ``STARS`` table.
+
+    Header keywords: ``OVERSAMP`` (sub-pixels per pixel), ``PSFCONV``
+    (``"SUBPIXEL-FLUX"``: each value is the fraction of the flux in that
+    sub-pixel; not photutils' ePSF convention), ``FWHM`` (native pixels),
+    ``NSTARS`` (stars fitted, unflagged), ``CHI2`` (median reduced
+    chi-square), ``CONVERGE``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Written atomically; an existing file is kept unless ``overwrite``.
+    result : EPSFResult
+        One band (no leading band axis).
+    stars : astropy.table.Table, optional
+        Extra per-star columns (e.g. ``id, x, y, selected, reason`` from
+        :func:`gsprep.select_stars`), one row per fitted star.
+    header : astropy.io.fits.Header, optional
+        Extra cards for the primary header.
+    """
+    from astropy.table import Table
+
+    from . import __version__
+
+    psf = np.asarray(result.psf, dtype=float)
+    if psf.ndim != 2:
+        msg = f"result.psf must be one band (2-D); got shape {psf.shape}: write one band at a time"
+        raise ValueError(msg)
+    if not np.isfinite(psf).all():
+        msg = "result.psf has non-finite values; refusing to write it"
+        raise ValueError(msg)
+    k = int(result.oversampling)
+    n = len(np.atleast_1d(result.fluxes))
+    hdr = fits.Header()
+    if header is not None:
+        for card in strip_wcs(header).cards:
+            hdr.append(card)
+    hdr["OVERSAMP"] = (k, "PSF sub-pixels per native pixel (per axis)")
+    hdr["PSFCONV"] = ("SUBPIXEL-FLUX", "value = flux fraction in the sub-pixel; sum 1")
+    hdr["FWHM"] = (_psf_fwhm(psf, k), "FWHM, native pixels (half-max area)")
+    flags = np.asarray(result.flags)
+    hdr["NSTARS"] = (int(np.count_nonzero(flags == 0)), "stars fitted (unflagged)")
+    hdr["NFLAGGED"] = (int(np.count_nonzero(flags != 0)), "stars flagged")
+    chi2 = np.asarray(result.chi2, dtype=float)
+    hdr["CHI2"] = (float(np.nanmedian(chi2)) if np.isfinite(chi2).any() else -1.0, "median reduced chi-square")
+    hdr["CONVERGE"] = (bool(np.all(result.converged)), "fit converged")
+    hdr["GSPVER"] = (__version__, "gsprep version")
+    t = Table()
+    cen = np.asarray(result.centers, dtype=float).reshape(n, 2)
+    t["x_stamp"], t["y_stamp"] = cen[:, 0], cen[:, 1]
+    t["flux"] = np.asarray(result.fluxes, dtype=float)
+    t["sky"] = np.asarray(result.sky, dtype=float)
+    t["chi2"] = chi2
+    t["flags"] = flags.astype(np.int32)
+    if stars is not None:
+        if len(stars) != n:
+            msg = f"stars has {len(stars)} rows but the fit has {n} stars"
+            raise ValueError(msg)
+        for name in stars.colnames:
+            if name not in t.colnames:
+                t[name] = stars[name]
+    prim = fits.PrimaryHDU(psf.astype(np.float32), header=hdr)
+    tab = fits.BinTableHDU(t, name="STARS")
+    with atomic_write(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        fits.HDUList([prim, tab]).writeto(tmp, overwrite=True)
+    return os.fspath(path)
+
+
+def read_psf(path):
+    """Read a PSF file written by :func:`write_psf`.
+
+    Returns
+    -------
+    EPSFResult
+        ``psf`` (float64, renormalised to sum 1), star centres, fluxes, sky,
+        chi2 and flags from the ``STARS`` table; ``header`` is not kept, read
+        it with astropy if needed.
+    """
+    from astropy.table import Table
+
+    from .epsf import EPSFResult
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        msg = f"path: no such file {path!r}"
+        raise FileNotFoundError(msg)
+    with fits.open(path) as hdul:
+        hdr = hdul[0].header
+        if hdul[0].data is None or "OVERSAMP" not in hdr:
+            msg = f"{path!r} is not a gsprep PSF file (no PSF image with OVERSAMP in HDU 0)"
+            raise ValueError(msg)
+        psf = np.array(hdul[0].data, dtype=float)
+        t = Table.read(hdul["STARS"]) if "STARS" in hdul else None
+    psf = psf / psf.sum()
+    if t is None:
+        empty = np.zeros(0)
+        return EPSFResult(psf, np.zeros((0, 2)), empty, empty, empty, empty, np.zeros(0, np.int32),
+                          oversampling=int(hdr["OVERSAMP"]), converged=bool(hdr.get("CONVERGE", True)))
+    return EPSFResult(psf=psf, centers=np.column_stack([t["x_stamp"], t["y_stamp"]]),
+                      fluxes=np.asarray(t["flux"]), sky=np.asarray(t["sky"]), chi2=np.asarray(t["chi2"]),
+                      loss_history=np.zeros(0), flags=np.asarray(t["flags"], dtype=np.int32),
+                      oversampling=int(hdr["OVERSAMP"]), converged=bool(hdr.get("CONVERGE", True)))
