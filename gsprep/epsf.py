@@ -4,22 +4,27 @@ Model of star ``s`` in its stamp (native pixels)::
 
     model_s = F_s * A(y_s) @ P @ A(x_s).T + b_s
 
-``P`` is the PSF on a grid ``oversampling`` times finer than the pixels,
-each value the fraction of the star's flux in that sub-pixel (sum 1).
+``P`` is the PSF on a grid ``oversampling`` (``k``) times finer than the
+pixels, each value the fraction of the star's flux in that sub-pixel (sum 1):
+an elliptical Moffat plus a free pixel correction held by weak priors.
 ``A(x)`` (``size x k*psf_size``) shifts the fine grid by the star's sub-pixel
-offset with a flux-normalised Lanczos-4 kernel and sums each ``k`` fine
-pixels into one native pixel, so the model is separable: two small matrix
-products per star.  All parameters are fitted together by L-BFGS (optax) on
-the chi-square with the sigma images, after a preconditioning change of
-variables that puts every parameter on the scale of its own uncertainty, so
-the default converges without tuning a learning rate or a number of steps.
+offset with band-limited (periodic sinc) interpolation, which conserves flux,
+and sums each ``k`` fine pixels into one native pixel, so the model is
+separable: two small matrix products per star.
+
+All parameters are fitted together by Gauss-Newton on the chi-square with
+the sigma images: each step solves the normal equations matrix-free
+(``jax.linearize``), eliminating the stars exactly (they do not interact)
+and running preconditioned conjugate gradients on the PSF.  A few steps
+converge; there is no learning rate to tune.  The whole fit is one
+jit-compiled function and takes a band axis through ``jax.vmap``.
 
 The PSF centroid is pinned to the centre of the central pixel (a penalty that
 fixes the shift shared by the PSF and all star centres), the PSF is
-normalised to sum 1, and by default two robust rounds follow the first fit:
-pixels whose residual exceeds ``clip`` sigma (cosmic rays, a neighbour's
-core) and their neighbours get zero weight, and stars whose reduced
-chi-square is an outlier are flagged and left out of the refit.
+normalised to sum 1, and the fit is robust by default: gross outliers are
+removed before anything is fitted, pixels beyond ``clip`` sigma are clipped
+after the first PSF steps, and stars whose reduced chi-square is an outlier
+are flagged and left out of the last steps.
 
 Note on conventions: gsprep's oversampled PSF is the flux in each sub-pixel
 (summing each ``k x k`` block gives the native-pixel PSF).  photutils' ePSF
@@ -38,7 +43,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ._checks import check_nonnegative, check_positive
 
@@ -65,14 +69,14 @@ class EPSFResult:
     chi2 : ndarray (n,)
         Reduced chi-square of each star (NaN without usable pixels).
     loss_history : ndarray
-        Loss at each L-BFGS iteration of every round, concatenated.
+        Reduced chi-square (on the pixels in use) after each Gauss-Newton step.
     flags : ndarray of int (n,)
         See :data:`FLAG_BITS`; 0 = good.
     oversampling : int
     converged : bool or ndarray
-        Whether every round stopped on its tolerance rather than ``maxiter``.
+        Whether the last step changed the PSF by less than ``tol`` of its peak.
     n_iter : int or ndarray
-        Total L-BFGS iterations.
+        Gauss-Newton steps taken.
     """
 
     psf: np.ndarray
@@ -196,22 +200,27 @@ def _models(psf, xy, flux, sky, size, k, psf_size):
     return flux[:, None, None] * jnp.einsum("syj,jl,sxl->syx", ay, psf, ax) + sky[:, None, None]
 
 
+def _star_columns(psf, pos, f, size, k, psf_size):
+    """A star's unit-flux model and its Jacobian columns for (x, y, flux, sky), ``(size*size, 4)``."""
+
+    def unit(p):
+        return _design(p[1], size, k, psf_size) @ psf @ _design(p[0], size, k, psf_size).T
+
+    m1 = unit(pos)
+    jac = jax.jacfwd(unit)(pos)  # (S, S, 2)
+    cols = jnp.stack([f * jac[..., 0], f * jac[..., 1], m1, jnp.ones_like(m1)], axis=-1).reshape(-1, 4)
+    return m1, cols
+
+
 def _star_step(st, d, size, k, psf_size, a_sky=0.0, n_gn=3):
     """Gauss-Newton on each star's (x, y, flux, sky) with the PSF fixed."""
     psf = _psf_of(st.theta, st.resid, k, psf_size)
 
     def one(pos, f, b, data, w):
-        def unit(p):
-            ay = _design(p[1], size, k, psf_size)
-            ax = _design(p[0], size, k, psf_size)
-            return ay @ psf @ ax.T
-
         def it(carry, _):
             pos, f, b = carry
-            m1 = unit(pos)
-            jac = jax.jacfwd(unit)(pos)  # (S, S, 2)
+            m1, cols = _star_columns(psf, pos, f, size, k, psf_size)
             r = data - (f * m1 + b)
-            cols = jnp.stack([f * jac[..., 0], f * jac[..., 1], m1, jnp.ones_like(m1)], axis=-1).reshape(-1, 4)
             ww = w.reshape(-1)
             h = cols.T @ (ww[:, None] * cols)
             g = cols.T @ (ww * r.reshape(-1))
@@ -363,12 +372,7 @@ def _gn_step(st, d, size, k, psf_size, a_sky, a_tv, prior, smooth, n_cg, shape_p
     # exact 4x4 normal-equation block of every star (x, y, flux, sky): the stars do not
     # interact, so they are eliminated exactly (Schur complement) and CG runs on the PSF alone
     def star_block(pos, f, w, nwi):
-        def unit(p):
-            return _design(p[1], size, k, psf_size) @ psf_now @ _design(p[0], size, k, psf_size).T
-
-        m1 = unit(pos)
-        jac = jax.jacfwd(unit)(pos)
-        cols = jnp.stack([f * jac[..., 0], f * jac[..., 1], m1, jnp.ones_like(m1)], axis=-1).reshape(-1, 4)
+        _, cols = _star_columns(psf_now, pos, f, size, k, psf_size)
         h = cols.T @ (w.reshape(-1)[:, None] * cols)
         h = h.at[3, 3].add(a_sky * nwi)
         return h + mu * jnp.diag(jnp.diag(h)) + 1e-20 * jnp.eye(4) * (jnp.trace(h) + 1e-30)
@@ -696,15 +700,25 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     centers : array (n, 2), optional
         Starting ``(x, y)`` of each star in its stamp; default a windowed
         centroid.
+    prior : float
+        Gaussian prior on the PSF's pixel correction (its departure from the
+        fitted elliptical Moffat), per sub-pixel, in units of the PSF peak
+        (default 1: weak).
+    smooth : float
+        Curvature prior on the pixel correction, in units of the data's
+        mean information per sub-pixel (default 1).  It turns noise in
+        sub-pixels the data barely constrain into a smooth profile; it also
+        smooths real sharp structure, so use ``smooth=0`` for very high
+        signal-to-noise stars or PSFs with diffraction spikes.
     robust : bool
-        After a first fit, clip pixels beyond ``clip`` sigma (and their
-        neighbours) and flag stars whose reduced chi-square lies more than
-        ``chi2_nsigma`` robust sigmas above the median, then refit without
-        them (default True).
+        Drop gross outliers before fitting (pixels far from the median
+        star), then, after the first PSF steps, clip pixels beyond ``clip``
+        sigma (and their neighbours) and flag stars whose reduced chi-square
+        lies more than ``chi2_nsigma`` robust sigmas above the median; the
+        last steps are fitted without them (default True).
     n_outer, n_cg : int
-        Alternations between the star step (Gauss-Newton on each star's
-        centre, flux and sky) and the PSF step (linear least squares by
-        preconditioned conjugate gradients, ``n_cg`` iterations at most).
+        Gauss-Newton steps (the first two fit the Moffat, the rest the pixel
+        correction) and conjugate-gradient iterations per step.
     tol : float
         The fit is reported converged when the last PSF step changed the PSF
         by less than ``tol`` of its peak (rms).

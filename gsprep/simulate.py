@@ -32,6 +32,20 @@ def tan_wcs(ra, dec, shape, pixel_scale, *, rotation_deg=0.0, crpix=None, radesy
     return w
 
 
+def _subpixel_grid(shape, x0, y0, k):
+    """Sub-pixel sample offsets (dx, dy) from (x0, y0): ``k x k`` samples per pixel, shape (ny*k, nx*k)."""
+    ny, nx = shape
+    off = (np.arange(k) + 0.5) / k - 0.5
+    xs = (np.arange(nx)[:, None] + off[None, :]).ravel() - x0
+    ys = (np.arange(ny)[:, None] + off[None, :]).ravel() - y0
+    return np.meshgrid(xs, ys)
+
+
+def _pixel_mean(samples, shape, k):
+    ny, nx = shape
+    return samples.reshape(ny, k, nx, k).mean(axis=(1, 3))
+
+
 def moffat_psf(shape, x0, y0, *, fwhm, beta=3.0, e1=0.0, e2=0.0, oversample=8):
     """Pixel-integrated elliptical Moffat PSF (sum 1 over an infinite grid).
 
@@ -39,12 +53,8 @@ def moffat_psf(shape, x0, y0, *, fwhm, beta=3.0, e1=0.0, e2=0.0, oversample=8):
     ``(e1, e2)`` a shear applied to the circular profile.  Pixels are
     integrated by averaging ``oversample**2`` sub-pixel samples.
     """
-    ny, nx = shape
     k = int(oversample)
-    off = (np.arange(k) + 0.5) / k - 0.5
-    xs = (np.arange(nx)[:, None] + off[None, :]).ravel() - x0
-    ys = (np.arange(ny)[:, None] + off[None, :]).ravel() - y0
-    xx, yy = np.meshgrid(xs, ys)
+    xx, yy = _subpixel_grid(shape, x0, y0, k)
     # inverse shear: circular profile of sheared coordinates
     g = np.hypot(e1, e2)
     if g > 0:
@@ -55,8 +65,7 @@ def moffat_psf(shape, x0, y0, *, fwhm, beta=3.0, e1=0.0, e2=0.0, oversample=8):
         u, v = xx, yy
     alpha = fwhm / (2.0 * np.sqrt(2 ** (1.0 / beta) - 1.0))
     prof = (beta - 1) / (np.pi * alpha**2) * (1 + (u**2 + v**2) / alpha**2) ** (-beta)
-    img = prof.reshape(ny, k, nx, k).mean(axis=(1, 3))
-    return img
+    return _pixel_mean(prof, shape, k)
 
 
 def render_psf(shape, x0, y0, flux, **kw):
@@ -69,12 +78,8 @@ def sersic_image(shape, x0, y0, *, flux, r_eff, n=1.0, q=1.0, theta=0.0, oversam
 
     ``r_eff`` in pixels along the major axis, ``theta`` radians from +x.
     """
-    ny, nx = shape
     k = int(oversample)
-    off = (np.arange(k) + 0.5) / k - 0.5
-    xs = (np.arange(nx)[:, None] + off[None, :]).ravel() - x0
-    ys = (np.arange(ny)[:, None] + off[None, :]).ravel() - y0
-    xx, yy = np.meshgrid(xs, ys)
+    xx, yy = _subpixel_grid(shape, x0, y0, k)
     u = xx * np.cos(theta) + yy * np.sin(theta)
     v = -xx * np.sin(theta) + yy * np.cos(theta)
     r = np.sqrt(u**2 + (v / q) ** 2)
@@ -83,7 +88,7 @@ def sersic_image(shape, x0, y0, *, flux, r_eff, n=1.0, q=1.0, theta=0.0, oversam
 
     ie = flux / (2 * np.pi * r_eff**2 * q * n * np.exp(bn) * bn ** (-2 * n) * gamma(2 * n))
     prof = ie * np.exp(-bn * ((r / r_eff) ** (1.0 / n) - 1.0))
-    return prof.reshape(ny, k, nx, k).mean(axis=(1, 3))
+    return _pixel_mean(prof, shape, k)
 
 
 def add_stars(image, positions, fluxes, *, fwhm, beta=3.0, e1=0.0, e2=0.0, half=15):
