@@ -15,6 +15,7 @@ from .epsf import EPSFResult, fit_epsf, to_epsf_convention
 from .io import Image, read_image, read_psf, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_weight, sigma_image
+from .pipeline import BandProducts, PrepareConfig, load_config, prepare_target
 from .sky import SkyFit, fit_sky, sky_mask
 from .stars import (
     NoStarsError,
@@ -29,6 +30,10 @@ from .stars import (
 
 __all__ = [
     "__version__",
+    "BandProducts",
+    "PrepareConfig",
+    "load_config",
+    "prepare_target",
     "Cutout",
     "EPSFResult",
     "fit_epsf",

@@ -1,11 +1,147 @@
-"""The ``gsprep`` command line."""
+"""The ``gsprep`` command line: ``prepare``, ``psf`` and ``demo``.
+
+Errors are printed as one line (``gsprep: error: ...``) unless ``--debug``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+
+import numpy as np
 
 from . import __version__
+
+
+def _say(args, msg):
+    if not getattr(args, "quiet", False):
+        print(msg, flush=True)
+
+
+def _read_bands(config, args):
+    from .io import read_image
+
+    images, failed = {}, {}
+    for band, spec in config.bands.items():
+        try:
+            images[band] = read_image(spec.file, spec.hdu, unit=spec.unit, band=band)
+        except (OSError, ValueError) as exc:
+            failed[band] = str(exc)
+    return images, failed
+
+
+def cmd_prepare(args):
+    from .pipeline import load_config, prepare_target, write_products
+
+    config = load_config(args.config)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.config)), f"{config.name}-gsprep")
+    images, failed = _read_bands(config, args)
+    for band, err in failed.items():
+        _say(args, f"{band}: skipped: {err}")
+    t0 = time.perf_counter()
+    products = prepare_target(images, config.ra, config.dec, config, progress=lambda m: _say(args, m))
+    written = write_products(products, config, images, out, figures=not args.no_figures)
+    for band, files in written.items():
+        if isinstance(files, str):
+            _say(args, f"{band}: skipped: {files}")
+        else:
+            p = products[band]
+            npsf = int((p.psf.flags == 0).sum()) if p.psf is not None else 0
+            _say(args, f"{band}: cutout {p.cutout.data.shape[-1]} px, {p.mask.mask.mean():.0%} masked, "
+                       f"{p.mask.n_neighbours} neighbours, PSF from {npsf} stars")
+    _say(args, f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    ok = [b for b, f in written.items() if not isinstance(f, str)]
+    return 0 if ok else 1
+
+
+def cmd_psf(args):
+    from astropy.table import Table
+
+    from .epsf import fit_epsf
+    from .io import read_image, write_psf
+    from .noise import sigma_image
+    from .sky import fit_sky, sky_mask
+    from .stars import StarCriteria, extract_stamps, find_stars, select_stars
+
+    img = read_image(args.image, args.hdu, unit=args.unit)
+    _say(args, f"{args.image}: sky")
+    sky = fit_sky(img.data, sky_mask(img.data, fwhm=args.fwhm), order=args.sky_order)
+    clean = img.data - sky.background
+    exptime = img.exptime or 1.0
+    sigma = sigma_image(clean, exptime=exptime, gain=img.gain or 1.0, sky=0.0, sky_rms=sky.rms,
+                        unit=args.unit)
+    cat, seg = find_stars(clean, fwhm=args.fwhm, nsigma=args.nsigma, npixels=args.npixels, wcs=img.wcs,
+                          size=args.size, return_segmentation=True)
+    reference = None
+    if args.stars:
+        reference = Table.read(args.stars)
+    elif args.gaia:
+        from .stars import gaia_stars
+
+        ny, nx = img.data.shape
+        c = img.wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2).icrs
+        radius = 0.75 * np.hypot(nx, ny) * img.pixel_scale
+        reference = gaia_stars(c.ra.deg, c.dec.deg, radius)
+    crit = StarCriteria(size=args.size, q_min=args.q_min, isolate=args.isolate,
+                        gaia_radius=args.match_radius)
+    sel = select_stars(cat, crit, reference=reference)
+    _say(args, "stars: " + ", ".join(f"{k} {v}" for k, v in sel.meta["funnel"].items()))
+    stamps = extract_stamps(clean, sigma, sel, args.size, segmentation=seg)
+    _say(args, f"fitting the PSF to {len(stamps.ids)} stars (oversampling {args.oversampling})")
+    res = fit_epsf(stamps, oversampling=args.oversampling)
+    picked = sel[np.asarray(sel["selected"], bool)]
+    write_psf(args.out, res, stars=picked["id", "x", "y"], overwrite=args.overwrite)
+    _say(args, f"wrote {args.out}: {int((res.flags == 0).sum())} stars, median chi2 {np.nanmedian(res.chi2):.2f}")
+    return 0
+
+
+DEMO_BANDS = {"g": 2.4, "r": 3.0, "i": 3.8}  # PSF FWHM, pixels
+
+
+def cmd_demo(args):
+    from astropy.io import fits
+
+    from .pipeline import load_config, prepare_target, write_products
+    from .io import read_image
+    from .simulate import demo_frame, moffat_psf
+
+    out = args.out
+    os.makedirs(os.path.join(out, "frames"), exist_ok=True)
+    _say(args, f"gsprep demo: generating {len(DEMO_BANDS)} bands in {out}/frames")
+    lines = ['[target]', 'name = "demo"', "ra = 150.1", "dec = 2.2", "r = 40.0", "",
+             "[options]", "oversampling = 2", "stamp_size = 25", "sky_order = 2", ""]
+    for i, (band, fwhm) in enumerate(DEMO_BANDS.items()):
+        data, header = demo_frame(fwhm=fwhm, seed=i)
+        path = os.path.join(out, "frames", f"demo_{band}.fits")
+        fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(path, overwrite=True)
+        lines += [f"[bands.{band}]", f'file = "frames/demo_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0", ""]
+    cfg_path = os.path.join(out, "demo.toml")
+    with open(cfg_path, "w") as f:
+        f.write("\n".join(lines))
+    config = load_config(cfg_path)
+    images = {b: read_image(s.file, s.hdu, band=b) for b, s in config.bands.items()}
+    t0 = time.perf_counter()
+    products = prepare_target(images, config.ra, config.dec, config, progress=lambda m: _say(args, m))
+    write_products(products, config, images, out, figures=not args.no_figures)
+    print(f"{'band':<5} {'FWHM':>5} {'cutout':>7} {'masked':>7} {'PSF stars':>9} {'PSF rms err':>12} {'PSF max err':>12}")
+    for band, p in products.items():
+        if p.error:
+            print(f"{band:<5} skipped: {p.error}")
+            continue
+        k = p.psf.oversampling
+        kk = p.psf.psf.shape[0]
+        truth = moffat_psf((kk, kk), (kk - 1) / 2, (kk - 1) / 2, fwhm=DEMO_BANDS[band] * k, beta=3.0, oversample=4)
+        truth /= truth.sum()
+        yy, xx = np.mgrid[:kk, :kk]
+        inside = np.hypot(xx - (kk - 1) / 2, yy - (kk - 1) / 2) <= 3 * DEMO_BANDS[band] * k
+        err = (p.psf.psf - truth)[inside] / truth.max()
+        print(f"{band:<5} {DEMO_BANDS[band]:5.1f} {p.cutout.data.shape[-1]:>5}px {p.mask.mask.mean():7.0%} "
+              f"{int((p.psf.flags == 0).sum()):>9} {100 * np.sqrt(np.mean(err**2)):11.3f}% {100 * np.abs(err).max():11.3f}%")
+    print(f"(PSF errors: fraction of the true PSF's peak within 3 FWHM)  products in {out}/ "
+          f"({time.perf_counter() - t0:.0f} s)")
+    return 0
 
 
 def build_parser():
@@ -14,7 +150,41 @@ def build_parser():
         description="Prepare astronomical images (sky, cutouts, sigma, masks, PSFs) for GalfitS.",
     )
     p.add_argument("--version", action="version", version=f"gsprep {__version__}")
-    p.add_subparsers(dest="command", title="commands")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", title="commands")
+
+    pr = sub.add_parser("prepare", help="prepare one target in every band of a TOML config")
+    pr.add_argument("config", help="TOML file (see docs/guide.md)")
+    pr.add_argument("--out", help="output folder (default: <name>-gsprep next to the config)")
+    pr.add_argument("--no-figures", action="store_true")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_prepare)
+
+    ps = sub.add_parser("psf", help="build an empirical PSF from the stars of one frame")
+    ps.add_argument("image")
+    ps.add_argument("--fwhm", type=float, required=True, help="PSF FWHM guess, pixels")
+    ps.add_argument("--out", required=True, help="PSF FITS file to write")
+    ps.add_argument("--hdu", type=int, default=0)
+    ps.add_argument("--unit", default="cR", choices=["cR", "counts"])
+    ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec) to match")
+    ps.add_argument("--gaia", action="store_true", help="match against Gaia DR3 (network, cached)")
+    ps.add_argument("--match-radius", type=float, default=None, help="arcsec (default 1.5 x FWHM)")
+    ps.add_argument("--size", type=int, default=25, help="stamp size, pixels (odd)")
+    ps.add_argument("--oversampling", type=int, default=2)
+    ps.add_argument("--nsigma", type=float, default=5.0)
+    ps.add_argument("--npixels", type=int, default=10)
+    ps.add_argument("--q-min", type=float, default=0.8)
+    ps.add_argument("--isolate", type=float, default=0.1)
+    ps.add_argument("--sky-order", type=int, default=2)
+    ps.add_argument("--overwrite", action="store_true")
+    ps.add_argument("--quiet", action="store_true")
+    ps.set_defaults(func=cmd_psf)
+
+    dm = sub.add_parser("demo", help="run the whole pipeline on a generated 3-band field")
+    dm.add_argument("--out", default="gsprep-demo")
+    dm.add_argument("--no-figures", action="store_true")
+    dm.add_argument("--quiet", action="store_true")
+    dm.set_defaults(func=cmd_demo)
     return p
 
 
@@ -24,7 +194,13 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    try:
+        return args.func(args)
+    except Exception as exc:  # one clear line, not a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"gsprep: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,313 @@
+"""One target, every band: the stages composed, and the products written for GalfitS.
+
+``prepare_target`` is pure (images in, products out); ``write_products``
+writes per band the cutout file, the PSF file, figures and a GalfitS image
+block; ``load_config`` reads the TOML file ``gsprep prepare`` takes.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+from astropy.table import Table
+
+from ._checks import check_positive
+from .cutout import Cutout, cutout
+from .epsf import EPSFResult, fit_epsf
+from .io import Image, write_cutout, write_psf
+from .masks import Mask, cutout_mask
+from .noise import sigma_image
+from .sky import SkyFit, fit_sky, sky_mask
+from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
+
+__all__ = ["BandSpec", "PrepareConfig", "BandProducts", "load_config", "prepare_band", "prepare_target",
+           "write_products", "galfits_block"]
+
+
+@dataclass(frozen=True)
+class BandSpec:
+    """One band of a target: where its frame is and what the PSF is like.
+
+    ``fwhm`` is the PSF FWHM in pixels (detection smoothing); ``zeropoint``
+    the AB magnitude zero point when known (written to the GalfitS block).
+    """
+
+    file: str
+    fwhm: float
+    hdu: int | str = 0
+    unit: str = "cR"
+    zeropoint: float | None = None
+    exptime: float | None = None
+    gain: float | None = None
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything ``prepare_target`` needs besides the images (see docs/guide.md for the TOML)."""
+
+    name: str
+    ra: float
+    dec: float
+    r: float
+    bands: dict
+    sky_order: int = 3
+    sky_nsigma: float = 3.0
+    mask_nsigma: float = 3.0
+    mask_npixels: int = 5
+    deblend: bool = True
+    max_grow: float = 100.0
+    addgrow: float = 0.0
+    star_nsigma: float = 5.0
+    star_npixels: int = 10
+    stamp_size: int = 25
+    oversampling: int = 2
+    psf: bool = True
+    criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
+
+
+@dataclass(frozen=True)
+class BandProducts:
+    """What ``prepare_band`` returns for one band (``error`` set when the band was skipped)."""
+
+    band: str
+    sky: SkyFit | None = None
+    cutout: Cutout | None = None
+    sigma: np.ndarray | None = None
+    mask: Mask | None = None
+    stars: Table | None = None
+    stamps: Stamps | None = None
+    psf: EPSFResult | None = None
+    error: str | None = None
+
+
+_TARGET_KEYS = {"name", "ra", "dec", "r"}
+_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "r", "bands", "criteria"}
+_BAND_KEYS = {f.name for f in fields(BandSpec)}
+_CRITERIA_KEYS = {f.name for f in fields(StarCriteria)}
+
+
+def _unknown(section, got, allowed):
+    extra = sorted(set(got) - set(allowed))
+    if extra:
+        msg = f"config: unknown key(s) {extra} in [{section}]; allowed: {sorted(allowed)}"
+        raise ValueError(msg)
+
+
+def load_config(path):
+    """Read a ``gsprep prepare`` TOML file; unknown sections or keys are errors.
+
+    Relative frame paths are taken relative to the config file's folder.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        msg = f"config: no such file {path!r}"
+        raise FileNotFoundError(msg)
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"config: {path!r} is not valid TOML ({exc})"
+            raise ValueError(msg) from None
+    _unknown("top level", raw, {"target", "options", "criteria", "bands"})
+    target = raw.get("target")
+    if not target or not {"ra", "dec", "r"} <= set(target):
+        msg = "config: [target] needs ra, dec (ICRS degrees) and r (half-size, arcsec)"
+        raise ValueError(msg)
+    _unknown("target", target, _TARGET_KEYS)
+    options = raw.get("options", {})
+    _unknown("options", options, _OPTION_KEYS)
+    crit = raw.get("criteria", {})
+    _unknown("criteria", crit, _CRITERIA_KEYS)
+    crit.setdefault("size", options.get("stamp_size", 25))
+    bands_raw = raw.get("bands")
+    if not bands_raw:
+        msg = "config: no [bands.NAME] section; list at least one band with file and fwhm"
+        raise ValueError(msg)
+    here = os.path.dirname(os.path.abspath(path))
+    bands = {}
+    for name, spec in bands_raw.items():
+        if not isinstance(spec, dict):
+            msg = f"config: [bands.{name}] must be a table with file and fwhm"
+            raise ValueError(msg)
+        _unknown(f"bands.{name}", spec, _BAND_KEYS)
+        if "file" not in spec or "fwhm" not in spec:
+            msg = f"config: [bands.{name}] needs file and fwhm (pixels)"
+            raise ValueError(msg)
+        spec = dict(spec)
+        if not os.path.isabs(spec["file"]):
+            spec["file"] = os.path.join(here, spec["file"])
+        bands[name] = BandSpec(**spec)
+    if "drop" in crit:
+        crit["drop"] = tuple(crit["drop"])
+    if "starcord_list" in crit:
+        crit["starcord_list"] = tuple(tuple(c) for c in crit["starcord_list"])
+    return PrepareConfig(name=str(target.get("name", "target")), ra=float(target["ra"]), dec=float(target["dec"]),
+                         r=check_positive("r", target["r"]), bands=bands, criteria=StarCriteria(**crit), **options)
+
+
+def _sub(arr, cut):
+    """The part of a frame-sized array under a cutout (NaN off the frame)."""
+    n = cut.data.shape[-1]
+    out = np.full((n, n), np.nan)
+    x0, y0 = cut.origin
+    ny, nx = arr.shape
+    sy = slice(max(y0, 0), min(y0 + n, ny))
+    sx = slice(max(x0, 0), min(x0 + n, nx))
+    out[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = arr[sy, sx]
+    return out
+
+
+def prepare_band(image, ra, dec, config, spec, *, band="band"):
+    """Run every stage on one band and return its products (pure: nothing is written).
+
+    Sky (source mask + polynomial), cutout of the sky-subtracted frame, sigma
+    image, mask, PSF stars (find, select, stamps) and the PSF.
+    """
+    if not isinstance(image, Image):
+        msg = f"image must be a gsprep Image (from read_image), got {type(image).__name__}"
+        raise TypeError(msg)
+    exptime = spec.exptime or image.exptime
+    gain = spec.gain or image.gain or 1.0
+    if spec.unit == "cR" and exptime is None:
+        msg = f"band {band}: no EXPTIME in the header; give exptime in the band's config"
+        raise ValueError(msg)
+    keep_out = sky_mask(image.data, fwhm=spec.fwhm, nsigma=config.sky_nsigma, max_grow=config.max_grow)
+    sky = fit_sky(image.data, keep_out, order=config.sky_order)
+    clean = image.data - sky.background
+    cut = cutout(clean, image.wcs, ra, dec, config.r)
+    # sky_rms is the measured background noise (the sky's own Poisson noise included), so the sky is
+    # not added to the source term again
+    sig_full = sigma_image(clean, exptime=exptime, gain=gain, sky=0.0, sky_rms=sky.rms, unit=spec.unit)
+    sig = _sub(sig_full, cut)
+    mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
+                       deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
+                       bad=~np.isfinite(sig))
+    stars = stamps = psf = None
+    if config.psf:
+        cat, seg = find_stars(clean, fwhm=spec.fwhm, nsigma=config.star_nsigma, npixels=config.star_npixels,
+                              wcs=image.wcs, size=config.stamp_size, return_segmentation=True)
+        stars = select_stars(cat, config.criteria)
+        stamps = extract_stamps(clean, sig_full, stars, config.stamp_size, segmentation=seg)
+        psf = fit_epsf(stamps, oversampling=config.oversampling)
+    return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps, psf=psf)
+
+
+def prepare_target(images, ra, dec, config, *, progress=None):
+    """Prepare one target in every band.
+
+    Parameters
+    ----------
+    images : dict of str -> Image
+    ra, dec : float
+        ICRS degrees.
+    config : PrepareConfig
+    progress : callable, optional
+        Called with a short message before each band.
+
+    Returns
+    -------
+    dict of str -> BandProducts
+        A band that fails (target off its frame, no PSF star, ...) has
+        ``error`` set and the other bands are still prepared.
+    """
+    out = {}
+    for band, image in images.items():
+        if progress:
+            progress(f"{band}: sky, cutout, sigma, mask, stars, PSF")
+        try:
+            out[band] = prepare_band(image, ra, dec, config, config.bands[band], band=band)
+        except (ValueError, TypeError) as exc:
+            out[band] = BandProducts(band=band, error=str(exc))
+    return out
+
+
+def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=None, unit="cR"):
+    """The ``Ia1)`` ... ``Ia15)`` image lines of a GalfitS ``.lyric`` config for one band."""
+    zp = -1 if zeropoint is None else zeropoint
+    p = f"I{letter}"
+    return "\n".join([
+        f"{p}1) [{cut_file},0]    # input data image (sky-subtracted cutout)",
+        f"{p}2) {band}    # band of the image",
+        f"{p}3) [{cut_file},2]    # sigma image",
+        f"{p}4) [{psf_file},0]    # PSF image (sub-pixel flux, sum 1)",
+        f"{p}5) {oversampling}    # PSF fine sampling factor relative to data",
+        f"{p}6) [{cut_file},1]    # bad pixel mask (1 = masked)",
+        f"{p}7) {unit}    # unit of the image",
+        f"{p}8) {r:g}    # size of the cutout region, arcsec (half-size)",
+        f"{p}9) -1    # conversion factor from erg/s/cm^2/A to image unit, -1 for default",
+        f"{p}10) {zp}    # magnitude photometric zeropoint",
+        f"{p}11) uniform    # sky model",
+        f"{p}12) [[0,-0.5,0.5,0.1,0]]    # sky parameter (sky already subtracted by gsprep)",
+        f"{p}13) 0    # allow relative shifting",
+        f"{p}14) [[0,-0.5,0.5,0.1,0],[0,-0.5,0.5,0.1,0]]    # [shiftx, shifty]",
+        f"{p}15) 1    # use SED information",
+    ])
+
+
+def write_products(products, config, images, out_dir, *, figures=True, overwrite=True):
+    """Write per band the cutout file, PSF file, figures, and the GalfitS image blocks.
+
+    Returns a dict band -> list of written paths (or the band's error), and
+    writes ``<name>_images.lyric`` with the image blocks of the bands that
+    were prepared.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    blocks = []
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    for band, p in products.items():
+        if p.error:
+            written[band] = p.error
+            continue
+        files = []
+        spec = config.bands[band]
+        cut_file = os.path.join(out_dir, f"{config.name}_{band}.fits")
+        write_cutout(cut_file, p.cutout, p.mask, p.sigma, header=images[band].header, overwrite=overwrite,
+                     provenance={"SKYORD": (p.sky.order, "sky polynomial order"),
+                                 "SIGFORM": ("sqrt(|d+s|/(g t)+rms^2)", "sigma image formula"),
+                                 "MASKNSIG": (config.mask_nsigma, "mask detection threshold"),
+                                 "BAND": band})
+        files.append(cut_file)
+        psf_file = os.path.join(out_dir, f"{config.name}_{band}_psf.fits")
+        if p.psf is not None:
+            sel = p.stars[np.asarray(p.stars["selected"], bool)]
+            write_psf(psf_file, p.psf, stars=sel["id", "x", "y"], overwrite=overwrite)
+            files.append(psf_file)
+        blocks.append(galfits_block(next(letters), band, os.path.basename(cut_file), os.path.basename(psf_file),
+                                    config.oversampling, config.r, spec.zeropoint, spec.unit))
+        if figures:
+            files += _figures(p, images[band], out_dir, f"{config.name}_{band}")
+        written[band] = files
+    if figures and any(p.psf is not None for p in products.values() if not p.error):
+        from .plots import fig_psfs
+
+        path = os.path.join(out_dir, f"{config.name}_psfs.png")
+        fig_psfs({b: p.psf for b, p in products.items() if not p.error and p.psf is not None}, save=path)
+    lyric = os.path.join(out_dir, f"{config.name}_images.lyric")
+    header = (f"R1) {config.name}    # name of the target\n"
+              f"R2) [{config.ra},{config.dec}]    # sky coordinate of the target [RA, Dec]\n\n")
+    with open(lyric, "w") as f:
+        f.write(header + "\n\n".join(blocks) + "\n")
+    return written
+
+
+def _figures(p, image, out_dir, stem):
+    from .plots import fig_cutout, fig_funnel, fig_psf, fig_sky, fig_stars
+
+    paths = []
+
+    def save(fn, name, *args, **kw):
+        path = os.path.join(out_dir, f"{stem}_{name}.png")
+        fn(*args, save=path, **kw)
+        paths.append(path)
+
+    save(fig_sky, "sky", image.data, p.sky.background, title=f"{stem}: sky subtraction")
+    save(fig_cutout, "cutout", p.cutout, p.mask, title=f"{stem}: cutout and mask")
+    if p.psf is not None:
+        save(fig_funnel, "funnel", p.stars, title=f"{stem}: PSF star selection")
+        save(fig_stars, "stars", p.stamps, p.psf, title=f"{stem}: PSF stars, model, residual")
+        save(fig_psf, "psf", p.psf, title=f"{stem}: PSF")
+    return paths
