@@ -1,7 +1,7 @@
 """gsprep quick start: one band, from a frame to GalfitS inputs and a PSF.
 
-Writes a deterministic synthetic frame (galaxy, 60 stars with a known Moffat
-PSF, a sky gradient, noise, a TAN WCS) to ``quickstart/frame.fits``, then runs
+Writes a deterministic synthetic frame (``gsprep.simulate.demo_frame``: a
+galaxy, stars with a known Moffat PSF, a sky gradient, noise, a TAN WCS) to ``quickstart/frame.fits``, then runs
 every stage on it and prints what each stage did, including the PSF error
 against the known truth.
 
@@ -16,7 +16,7 @@ import numpy as np
 from astropy.io import fits
 
 import gsprep
-from gsprep.simulate import add_stars, moffat_psf, sersic_image, tan_wcs
+from gsprep.simulate import demo_frame, moffat_psf
 
 OUT = "quickstart"
 RA, DEC = 150.1, 2.2
@@ -24,22 +24,8 @@ FWHM, BETA = 3.0, 3.0
 
 
 def make_frame(path):
-    rng = np.random.default_rng(42)
-    ny, nx = 600, 600
-    w = tan_wcs(RA, DEC, (ny, nx), 0.4)
-    y, x = np.mgrid[:ny, :nx]
-    sky = 20.0 + 3.0 * x / nx - 2.0 * y / ny + 2.0 * (x / nx) ** 2
-    img = sersic_image((ny, nx), 300.0, 300.0, flux=4e5, r_eff=14, n=2.0, q=0.6, theta=0.5)
-    pos = rng.uniform(40, 560, size=(60, 2))
-    pos = pos[np.hypot(pos[:, 0] - 300, pos[:, 1] - 300) > 70]
-    img = add_stars(img, pos, np.exp(rng.uniform(np.log(3e3), np.log(8e4), len(pos))), fwhm=FWHM, beta=BETA, half=30)
-    exptime, gain = 100.0, 2.0
-    counts = (img + sky) * exptime * gain
-    frame = (rng.poisson(np.clip(counts, 0, None)) / (exptime * gain) + rng.normal(0, 0.05, (ny, nx)))
-    hdu = fits.PrimaryHDU(frame.astype(np.float32), header=w.to_header())
-    hdu.header["EXPTIME"] = exptime
-    hdu.header["GAIN"] = gain
-    hdu.writeto(path, overwrite=True)
+    data, header = demo_frame(fwhm=FWHM, beta=BETA, seed=42, shape=(600, 600), ra=RA, dec=DEC)
+    fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(path, overwrite=True)
 
 
 def main():
@@ -56,14 +42,12 @@ def main():
 
     cut = gsprep.cutout(clean, img.wcs, RA, DEC, 40.0)
     mask = gsprep.cutout_mask(cut, fwhm=FWHM, deblend=True)
-    sig = gsprep.sigma_image(cut.data, exptime=img.exptime, gain=img.gain, sky=sky.background[
-        cut.origin[1]: cut.origin[1] + cut.data.shape[0], cut.origin[0]: cut.origin[0] + cut.data.shape[1]],
-        sky_rms=sky.rms)
+    sig = gsprep.sigma_image(cut.data, exptime=img.exptime, gain=img.gain, sky_rms=sky.rms)
     out = gsprep.write_cutout(os.path.join(OUT, "target_r.fits"), cut, mask, sig, header=img.header,
                               overwrite=True, provenance={"SKYORD": sky.order})
     print(f"cutout {cut.data.shape}, {mask.mask.mean():.0%} masked, {mask.n_neighbours} neighbours -> {out}")
 
-    full_sigma = gsprep.sigma_image(clean, exptime=img.exptime, gain=img.gain, sky=sky.background, sky_rms=sky.rms)
+    full_sigma = gsprep.sigma_image(clean, exptime=img.exptime, gain=img.gain, sky_rms=sky.rms)
     cat, seg = gsprep.find_stars(clean, fwhm=FWHM, npixels=10, wcs=img.wcs, size=25, return_segmentation=True)
     sel = gsprep.select_stars(cat, gsprep.StarCriteria(size=25, q_min=0.8, isolate=0.1))
     print("star funnel:", ", ".join(f"{k} {v}" for k, v in sel.meta["funnel"].items()))

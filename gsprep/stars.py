@@ -8,7 +8,6 @@ holds the number of stars left after each stage.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
