@@ -64,22 +64,15 @@ def main():
         y, x = np.mgrid[:n, :n]
         good = ~mask
 
-        def astropy_fit():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                m = fitting.LinearLSQFitter()(models.Polynomial2D(3), x[good], y[good], frame[good])
-            return m(x, y)
-
-        t_a, bg_a = timed(astropy_fit, max(1, args.repeat - 1))
-
-        def astropy_fit_normalised():
-            xn, yn = x / n - 0.5, y / n - 0.5
+        def astropy_fit(normalise):
+            xn, yn = (x / n - 0.5, y / n - 0.5) if normalise else (x, y)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 m = fitting.LinearLSQFitter()(models.Polynomial2D(3), xn[good], yn[good], frame[good])
             return m(xn, yn)
 
-        t_an, bg_an = timed(astropy_fit_normalised, max(1, args.repeat - 1))
+        t_a, bg_a = timed(lambda: astropy_fit(False), max(1, args.repeat - 1))
+        t_an, bg_an = timed(lambda: astropy_fit(True), max(1, args.repeat - 1))
 
         def phot():
             with warnings.catch_warnings():

@@ -507,6 +507,13 @@ def _centroids(d, w, size):
 
 
 def _initial(d, w, xy, k, psf_size, size, flux=None):
+    """Starting sky (stamp-border median), flux (sum) and PSF (flux-normalised stack).
+
+    The stack splats every native pixel of every star onto the fine grid at
+    its sub-pixel position (bilinear weights, stars weighted by flux^2 /
+    noise^2), smoothed by half a native pixel where the stack is thin: only
+    a start, from which the Moffat shape is fitted.
+    """
     n = d.shape[0]
     yy, xx = np.mgrid[:size, :size]
     border = (xx < 2) | (yy < 2) | (xx >= size - 2) | (yy >= size - 2)
@@ -545,7 +552,9 @@ def _initial(d, w, xy, k, psf_size, size, flux=None):
     num = ndimage.gaussian_filter(acc, sig, mode="constant")
     den = ndimage.gaussian_filter(wt, sig, mode="constant")
     psf = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
-    psf = np.where(wt > 0.2 * wt.max(), np.where(wt > 0, acc / np.where(wt > 0, wt, 1), 0), psf) if k > 1 else psf
+    if k > 1:  # keep the unsmoothed average where the stack is well covered (the core stays sharp)
+        raw = np.where(wt > 0, acc / np.where(wt > 0, wt, 1), 0.0)
+        psf = np.where(wt > 0.2 * wt.max(), raw, psf)
     psf = np.clip(psf, 0, None)
     if psf.sum() <= 0:
         psf = np.zeros((kk, kk))
