@@ -158,7 +158,8 @@ def cutout(data, wcs, ra, dec, r, *, recenter=None, recenter_radius=5):
     size = 2 * n + 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c2 = Cutout2D(np.zeros((ny, nx), dtype=np.float32), (ix, iy), (size, size), wcs=cwcs,
+        # a zero-stride stand-in for the frame: Cutout2D only needs its shape for the slices and WCS
+        c2 = Cutout2D(np.broadcast_to(np.float32(0), (ny, nx)), (ix, iy), (size, size), wcs=cwcs,
                       mode="partial", fill_value=np.nan)
     cut_wcs = _shift_lookup_tables(c2.wcs, (ix - n, iy - n))
     out = np.full(arr.shape[:-2] + (size, size), np.nan)
