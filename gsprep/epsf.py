@@ -451,9 +451,9 @@ def _gn_step(st, d, size, k, psf_size, a_sky, a_tv, prior, smooth, n_cg, shape_p
     return eqx.tree_at(lambda s: (s.theta, s.resid, s.xy, s.flux, s.sky), st, (theta, rpix, xy, flux, sky))
 
 
-@partial(jax.jit, static_argnames=("size", "k", "psf_size", "n_outer", "n_cg", "robust"))
+@partial(jax.jit, static_argnames=("size", "k", "psf_size", "n_outer", "n_cg", "robust", "n_shape"))
 def _fit_core(st, psf0, d, a_tv, a_sky, prior, smooth, clip, chi2_nsigma, *, size, k, psf_size, n_outer, n_cg,
-              robust):
+              robust, n_shape=2):
     w0 = st.w
     n = d.shape[0]
     theta = _fit_theta(psf0, k, psf_size)
@@ -463,11 +463,11 @@ def _fit_core(st, psf0, d, a_tv, a_sky, prior, smooth, clip, chi2_nsigma, *, siz
     def body(i, carry):
         st, flagged, many, hist, dpsf = carry
         old = _psf_of(st.theta, st.resid, k, psf_size)
-        st = _gn_step(st, d, size, k, psf_size, a_sky, a_tv, prior, smooth, n_cg, i < 2)
+        st = _gn_step(st, d, size, k, psf_size, a_sky, a_tv, prior, smooth, n_cg, i < n_shape)
         if robust:
             # after the pixel correction has had a step (a Moffat-only model leaves residuals
             # in bright cores that are not outliers)
-            do = (i == 2) | (i == 3)
+            do = (i == n_shape) | (i == n_shape + 1)
             w_new, fl_new, many_new = _robust_weights(st, d, w0, flagged, size, k, psf_size, clip, chi2_nsigma)
             st = eqx.tree_at(lambda s: s.w, st, jnp.where(do, w_new, st.w))
             flagged = jnp.where(do, fl_new, flagged)
@@ -650,10 +650,11 @@ def _core_args(opts):
 
 
 def _core_static(size, k, psf_size, opts):
-    return dict(size=size, k=k, psf_size=psf_size, n_outer=opts["n_outer"], n_cg=opts["n_cg"], robust=opts["robust"])
+    return dict(size=size, k=k, psf_size=psf_size, n_outer=opts["n_outer"], n_cg=opts["n_cg"], robust=opts["robust"],
+                n_shape=opts.get("n_shape", 2))
 
 
-@partial(jax.jit, static_argnames=("size", "k", "psf_size", "n_outer", "n_cg", "robust"))
+@partial(jax.jit, static_argnames=("size", "k", "psf_size", "n_outer", "n_cg", "robust", "n_shape"))
 def _fit_core_bands(st, psf0, d, a_tv, a_sky, prior, smooth, clip, chi2_nsigma, **static):
     """Every band in one compiled call (``jax.vmap`` of the single-band fit)."""
     fn = partial(_fit_core, **static)
