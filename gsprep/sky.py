@@ -134,8 +134,11 @@ def _fit_one(data, weight, order, nclip, clip):
     return c, model + ref, s
 
 
-_fit_stack = jax.jit(jax.vmap(_fit_one, in_axes=(0, 0, None, None, None)),
-                     static_argnames=("order", "nclip"))
+@partial(jax.jit, static_argnames=("order", "nclip"))
+def _fit_stack(data, weight, order, nclip, clip):
+    """Every band in one compiled call.  ``lax.map`` rather than ``vmap``: on the CPU the
+    batched matrix products of a ``vmap`` ran about 3x slower per band than one band at a time."""
+    return jax.lax.map(lambda dw: _fit_one(dw[0], dw[1], order, nclip, clip), (data, weight))
 
 
 def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0):
