@@ -16,7 +16,6 @@ __all__ = [
     "check_positive",
     "check_nonnegative",
     "check_choice",
-    "check_same_shape",
     "as_mask",
 ]
 
@@ -91,13 +90,3 @@ def as_mask(name, mask, shape):
         msg = f"{name} must have the image's shape {tuple(shape)}, got {m.shape}"
         raise ValueError(msg)
     return m.astype(bool)
-
-
-def check_same_shape(**arrays):
-    """Check that every named array has the same shape."""
-    items = [(k, np.shape(v)) for k, v in arrays.items() if v is not None]
-    ref_name, ref = items[0]
-    for k, s in items[1:]:
-        if s != ref:
-            msg = f"{k} has shape {s} but {ref_name} has shape {ref}; they must match"
-            raise ValueError(msg)
