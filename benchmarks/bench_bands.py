@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import best_time
 
 import gsprep
 from gsprep.simulate import moffat_psf
@@ -21,16 +21,6 @@ def stamps(rng, n, fwhm, size=21):
     true = np.stack([f * moffat_psf((size, size), x, y, fwhm=fwhm, beta=3.0) for (x, y), f in zip(xy, flux, strict=True)])
     sigma = np.sqrt(100.0 + true)
     return true + rng.normal(0, 1, true.shape) * sigma, sigma
-
-
-def warm(fn, repeat=2):
-    fn()
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main():
@@ -46,14 +36,14 @@ def main():
         n = args.sky_size
         y, x = np.mgrid[:n, :n] / n
         frames = np.stack([10 + b + 3 * x - 2 * y**2 + rng.normal(0, 1, (n, n)) for b in range(nb)])
-        t1, _ = warm(lambda frames=frames: gsprep.fit_sky(frames, order=3))
-        t2, _ = warm(lambda frames=frames: [gsprep.fit_sky(f, order=3) for f in frames])
+        t1, _ = best_time(lambda frames=frames: gsprep.fit_sky(frames, order=3), 2, warmup=True)
+        t2, _ = best_time(lambda frames=frames: [gsprep.fit_sky(f, order=3) for f in frames], 2, warmup=True)
         st = [stamps(rng, args.stars, 2.0 + 0.3 * b) for b in range(nb)]
         d = np.stack([s[0] for s in st])
         s = np.stack([s[1] for s in st])
-        t3, both = warm(lambda d=d, s=s: gsprep.fit_epsf(d, s, oversampling=2), repeat=1)
-        t4, each = warm(lambda d=d, s=s: [gsprep.fit_epsf(d[b], s[b], oversampling=2) for b in range(len(d))],
-                        repeat=1)
+        t3, both = best_time(lambda d=d, s=s: gsprep.fit_epsf(d, s, oversampling=2), 1, warmup=True)
+        t4, each = best_time(lambda d=d, s=s: [gsprep.fit_epsf(d[b], s[b], oversampling=2) for b in range(len(d))],
+                             1, warmup=True)
         dpsf = max(np.abs(both.psf[b] - each[b].psf).max() / each[b].psf.max() for b in range(nb))
         print(f"{nb:>3} | {t1:16.3f} {t2:8.3f} {t2 / t1:7.2f} | {t3:17.2f} {t4:8.2f} {t4 / t3:7.2f} {dpsf:16.2e}")
 

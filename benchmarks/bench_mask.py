@@ -10,10 +10,10 @@ detection step a user would otherwise run, without the growth).
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
+from _timing import best_time
 
 
 def field(n, rng):
@@ -30,16 +30,6 @@ def field(n, rng):
     return img + rng.normal(0, 1.0, (n, n))
 
 
-def best(fn, repeat=3):
-    t = np.inf
-    out = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        t = min(t, time.perf_counter() - t0)
-    return t, out
-
-
 def main():
     import gsprep
     from photutils.segmentation import SourceCatalog, detect_sources
@@ -51,7 +41,7 @@ def main():
     cases.append(("M13 300x300 (target off-core)", m13.data - np.nanmedian(m13.data), (250.0, 40.0)))
     print(f"{'case':<32} {'masked_frac':>11} {'neighbours':>10} {'gsprep_s':>9} {'photutils_detect_s':>18}")
     for name, img, center in cases:
-        t, m = best(lambda img=img, center=center: gsprep.cutout_mask(
+        t, m = best_time(lambda img=img, center=center: gsprep.cutout_mask(
             img, fwhm=3.0, nsigma=3.0, deblend=True, center=center, target_radius=15))
 
         def phot(img=img):
@@ -63,7 +53,7 @@ def main():
                 seg = detect_sources(sm, 3.0 * np.nanstd(img), npixels=5)
                 return SourceCatalog(img, seg, convolved_data=sm).to_table()
 
-        tp, _ = best(phot)
+        tp, _ = best_time(phot)
         print(f"{name:<32} {m.mask.mean():11.3f} {m.n_neighbours:10d} {t:9.3f} {tp:18.3f}")
 
 

@@ -16,6 +16,7 @@ import time
 import warnings
 
 import numpy as np
+from _timing import best_time
 
 
 def make_frame(n, rng):
@@ -30,16 +31,6 @@ def make_frame(n, rng):
         frame[y0:y1, x0:x1] += 200.0
         mask[y0:y1, x0:x1] = True
     return frame, mask, sky
-
-
-def timed(fn, repeat):
-    best = np.inf
-    out = None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main():
@@ -59,7 +50,7 @@ def main():
         t0 = time.perf_counter()
         gsprep.fit_sky(frame, mask, order=3)
         first = time.perf_counter() - t0
-        t_g, fit = timed(lambda: gsprep.fit_sky(frame, mask, order=3), args.repeat)
+        t_g, fit = best_time(lambda: gsprep.fit_sky(frame, mask, order=3), args.repeat)
 
         y, x = np.mgrid[:n, :n]
         good = ~mask
@@ -71,8 +62,8 @@ def main():
                 m = fitting.LinearLSQFitter()(models.Polynomial2D(3), xn[good], yn[good], frame[good])
             return m(xn, yn)
 
-        t_a, bg_a = timed(lambda: astropy_fit(False), max(1, args.repeat - 1))
-        t_an, bg_an = timed(lambda: astropy_fit(True), max(1, args.repeat - 1))
+        t_a, bg_a = best_time(lambda: astropy_fit(False), max(1, args.repeat - 1))
+        t_an, bg_an = best_time(lambda: astropy_fit(True), max(1, args.repeat - 1))
 
         def phot():
             with warnings.catch_warnings():
@@ -80,7 +71,7 @@ def main():
                 return Background2D(frame, (128, 128), filter_size=(3, 3), mask=mask,
                                     bkg_estimator=MedianBackground()).background
 
-        t_p, bg_p = timed(phot, max(1, args.repeat - 1))
+        t_p, bg_p = best_time(phot, max(1, args.repeat - 1))
         rows = [
             ("gsprep.fit_sky (warm)", t_g, fit.background),
             ("gsprep.fit_sky (first call)", first, fit.background),
