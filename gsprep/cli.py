@@ -1,4 +1,4 @@
-"""The ``gsprep`` command line: ``prepare``, ``psf`` and ``demo``.
+"""The ``gsprep`` command line: ``prepare``, ``psf``, ``batch`` and ``demo``.
 
 Errors are printed as one line (``gsprep: error: ...``) unless ``--debug``.
 """
@@ -20,40 +20,23 @@ def _say(args, msg):
         print(msg, flush=True)
 
 
-def _read_bands(config, args):
-    from .io import read_image
-
-    images, failed = {}, {}
-    for band, spec in config.bands.items():
-        try:
-            images[band] = read_image(spec.file, spec.hdu, unit=spec.unit, band=band)
-        except (OSError, ValueError) as exc:
-            failed[band] = str(exc)
-    return images, failed
-
-
 def cmd_prepare(args):
-    from .pipeline import load_config, prepare_target, write_products
+    from .pipeline import load_config, run_target
 
     config = load_config(args.config)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.config)), f"{config.name}-gsprep")
-    images, failed = _read_bands(config, args)
-    for band, err in failed.items():
-        _say(args, f"{band}: skipped: {err}")
     t0 = time.perf_counter()
-    products = prepare_target(images, config.ra, config.dec, config, progress=lambda m: _say(args, m))
-    written = write_products(products, config, images, out, figures=not args.no_figures)
-    for band, files in written.items():
-        if isinstance(files, str):
-            _say(args, f"{band}: skipped: {files}")
+    run = run_target(config, out, figures=not args.no_figures, progress=lambda m: _say(args, m))
+    for band in config.bands:
+        if band in run.errors:
+            _say(args, f"{band}: skipped: {run.errors[band]}")
         else:
-            p = products[band]
+            p = run.products[band]
             npsf = int((p.psf.flags == 0).sum()) if p.psf is not None else 0
             _say(args, f"{band}: cutout {p.cutout.data.shape[-1]} px, {p.mask.mask.mean():.0%} masked, "
                        f"{p.mask.n_neighbours} neighbours, PSF from {npsf} stars")
     _say(args, f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-    ok = [b for b, f in written.items() if not isinstance(f, str)]
-    return 0 if ok else 1
+    return 0 if len(run.errors) < len(config.bands) else 1
 
 
 def cmd_psf(args):
@@ -95,6 +78,29 @@ def cmd_psf(args):
     write_psf(args.out, res, stars=picked["id", "x", "y"], overwrite=args.overwrite)
     _say(args, f"wrote {args.out}: {int((res.flags == 0).sum())} stars, median chi2 {np.nanmedian(res.chi2):.2f}")
     return 0
+
+
+def cmd_batch(args):
+    from .batch import run_batch
+
+    width = [0]
+
+    def show(rec, c):
+        width[0] = width[0] or len(str(c["total"]))
+        n = c["done"] + c["failed"]
+        line = f"[{n:>{width[0]}}/{c['total']}] {rec['name']}: {rec['status']} ({rec['time_s']:.1f} s)"
+        if rec["error"]:
+            line += f": {rec['error']}"
+        _say(args, f"{line}  | done {c['done']}, failed {c['failed']}, remaining {c['remaining']}")
+
+    _say(args, f"gsprep batch: {args.targets} -> {args.out}"
+               + (f" on {args.scheduler}" if args.scheduler else f" ({args.workers or 'auto'} local workers)"))
+    res = run_batch(args.targets, args.config, args.out, scheduler=args.scheduler, workers=args.workers,
+                    figures=not args.no_figures, retry_failed=not args.skip_failed, progress=show)
+    rate = f", {res.targets_per_minute:.1f} targets/min" if res.ran else ""
+    print(f"gsprep batch: {res.total} targets: {res.done} done, {res.failed} failed; ran {res.ran} "
+          f"in {res.elapsed_s:.0f} s{rate}; {res.skipped} already finished; manifest {res.manifest}", flush=True)
+    return 0 if res.failed == 0 else 1
 
 
 DEMO_BANDS = {"g": 2.4, "r": 3.0, "i": 3.8}  # PSF FWHM, pixels
@@ -179,6 +185,17 @@ def build_parser():
     ps.add_argument("--overwrite", action="store_true")
     ps.add_argument("--quiet", action="store_true")
     ps.set_defaults(func=cmd_psf)
+
+    bt = sub.add_parser("batch", help="prepare many targets on Dask (resumable; see docs/guide.md)")
+    bt.add_argument("targets", help="targets table (CSV/ECSV) with name, ra, dec [, r, file_<band>]")
+    bt.add_argument("--config", required=True, help="bands TOML; band files may be templates like frames/{name}_g.fits")
+    bt.add_argument("--out", required=True, help="output folder: <name>/ per target and manifest.csv")
+    bt.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
+    bt.add_argument("--workers", type=int, help="local worker processes (default: cores, at most 4)")
+    bt.add_argument("--skip-failed", action="store_true", help="do not retry targets that failed before")
+    bt.add_argument("--no-figures", action="store_true")
+    bt.add_argument("--quiet", action="store_true", help="no per-target lines (the summary is still printed)")
+    bt.set_defaults(func=cmd_batch)
 
     dm = sub.add_parser("demo", help="run the whole pipeline on a generated 3-band field")
     dm.add_argument("--out", default="gsprep-demo")

@@ -662,14 +662,57 @@ def _fit_core_bands(st, psf0, d, a_tv, a_sky, prior, smooth, clip, chi2_nsigma, 
         st, psf0, d, a_tv, a_sky, prior, smooth, clip, chi2_nsigma)
 
 
+def _bucket(n):
+    """The star count a fit is compiled for: ``n`` padded up to 8, 12, 16, 24, 32, 48, ...
+
+    Fitting with a few fully masked stamps added gives the same PSF, and
+    targets with different star counts then share a handful of compiled
+    fits (a compile costs seconds; a batch of targets would otherwise
+    compile once per target and band).
+    """
+    b = 8
+    while True:
+        for m in (b, b * 3 // 2):
+            if m >= n:
+                return m
+        b *= 2
+
+
+def _pad_stars(st, d, n_to):
+    """Append ``n_to - n`` fully masked stars (zero weight, ignored by every step)."""
+    n, size, _ = d.shape
+    p = n_to - n
+    if p <= 0:
+        return st, d
+    c = (size - 1) / 2.0
+    dt = d.dtype
+    st = _State(st.theta, st.resid, jnp.concatenate([st.xy, jnp.full((p, 2), c, dt)]),
+                jnp.concatenate([st.flux, jnp.ones(p, dt)]), jnp.concatenate([st.sky, jnp.zeros(p, dt)]),
+                jnp.concatenate([st.w, jnp.zeros((p, size, size), dt)]))
+    return st, jnp.concatenate([d, jnp.zeros((p, size, size), dt)])
+
+
+def _unpad(out, n):
+    """The first ``n`` stars of a (possibly padded) ``_fit_core`` output."""
+    st, flagged, many, hist, dpsf = out
+    st = _State(st.theta, st.resid, st.xy[..., :n, :], st.flux[..., :n], st.sky[..., :n], st.w[..., :n, :, :])
+    return st, flagged[..., :n], many[..., :n], hist, dpsf
+
+
+@partial(jax.jit, static_argnames=("size", "k", "psf_size"))
+def _psf_and_models(st, size, k, psf_size):
+    psf = _psf_of(st.theta, st.resid, k, psf_size)
+    return psf, _models(psf, st.xy, st.flux, st.sky, size, k, psf_size)
+
+
 def _band_finish(st, flagged, many, hist, dpsf, d, w, valid, k, psf_size, opts):
     """Numpy results of one band, with every star's reduced chi-square and flags."""
     n, size, _ = d.shape
-    psf_j = _psf_of(st.theta, st.resid, k, psf_size)
+    psf_j, model_j = _psf_and_models(st, size, k, psf_size)
     psf, xy, flux, sky = (np.asarray(v, dtype=float) for v in (psf_j, st.xy, st.flux, st.sky))
     w_fit = np.asarray(st.w, dtype=float)
     flags = (np.where(np.asarray(flagged), 1, 0) | np.where(valid, 0, 2) | np.where(np.asarray(many), 4, 0))
-    model = np.asarray(_models(psf_j, st.xy, st.flux, st.sky, size, k, psf_size), dtype=float)
+    model = np.asarray(model_j, dtype=float)
     # reduced chi-square of every star (flagged ones too) on its own unclipped pixels
     w_eval = np.where((flags & 1)[:, None, None] > 0, np.where(valid[:, None, None], w, 0.0), w_fit)
     if opts["robust"]:
@@ -791,13 +834,15 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     starts = [_band_start(bands[b], wb[b], None if cb is None else cb[b], k, psf_size, clip_start) for b in range(nb)]
     static = _core_static(size, k, psf_size, opts)
     dt = jnp.float32
+    n_fit = _bucket(n)
+    padded = [_pad_stars(s[0], jnp.asarray(bands[b], dt), n_fit) for b, s in enumerate(starts)]
     if d.ndim == 3:
-        st, psf0, valid = starts[0]
-        out = _fit_core(st, psf0, jnp.asarray(bands[0], dt), *_core_args(opts), **static)
+        (st, db), (_, psf0, valid) = padded[0], starts[0]
+        out = _unpad(_fit_core(st, psf0, db, *_core_args(opts), **static), n)
         return EPSFResult(oversampling=k, **_band_finish(*out, bands[0], wb[0], valid, k, psf_size, opts))
-    st = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[s[0] for s in starts])
+    st = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[p[0] for p in padded])
     psf0 = jnp.stack([s[1] for s in starts])
-    out = _fit_core_bands(st, psf0, jnp.asarray(bands, dt), *_core_args(opts), **static)
+    out = _unpad(_fit_core_bands(st, psf0, jnp.stack([p[1] for p in padded]), *_core_args(opts), **static), n)
     results = []
     for b in range(nb):
         ob = jax.tree_util.tree_map(lambda x, b=b: x[b], out)

@@ -201,10 +201,13 @@ def atomic_write(path, *, overwrite=False):
     if os.path.exists(path) and not overwrite:
         msg = f"path: {path!r} exists; pass overwrite=True to replace it"
         raise FileExistsError(msg)
-    fd, tmp = tempfile.mkstemp(prefix=".gsprep-", suffix=".fits.tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".gsprep-", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)  # mkstemp makes the file private (0600); give it the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

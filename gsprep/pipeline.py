@@ -17,14 +17,14 @@ from astropy.table import Table
 from ._checks import check_positive
 from .cutout import Cutout, cutout
 from .epsf import EPSFResult, fit_epsf
-from .io import Image, write_cutout, write_psf
+from .io import Image, atomic_write, read_image, write_cutout, write_psf
 from .masks import Mask, cutout_mask
 from .noise import sigma_image
 from .sky import SkyFit, fit_sky, sky_mask
 from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
 
-__all__ = ["BandSpec", "PrepareConfig", "BandProducts", "load_config", "prepare_band", "prepare_target",
-           "write_products", "galfits_block"]
+__all__ = ["BandSpec", "PrepareConfig", "BandProducts", "TargetRun", "load_config", "read_bands", "prepare_band",
+           "prepare_target", "write_products", "run_target", "galfits_block"]
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,15 @@ def _unknown(section, got, allowed):
         raise ValueError(msg)
 
 
-def load_config(path):
+def load_config(path, *, batch=False):
     """Read a ``gsprep prepare`` TOML file; unknown sections or keys are errors.
 
     Relative frame paths are taken relative to the config file's folder.
+    With ``batch=True`` (the ``gsprep batch`` config) the targets come from a
+    table, so ``[target]`` may hold only ``r`` (the default half-size, arcsec)
+    and band files may be templates such as ``"frames/{name}_g.fits"``
+    filled from each target's row; the returned config has ``name=""`` and
+    NaN coordinates (and NaN ``r`` when none is given).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -113,7 +118,15 @@ def load_config(path):
             raise ValueError(msg) from None
     _unknown("top level", raw, {"target", "options", "criteria", "bands"})
     target = raw.get("target")
-    if not target or not {"ra", "dec", "r"} <= set(target):
+    if batch:
+        target = dict(target or {})
+        if {"name", "ra", "dec"} & set(target):
+            msg = ("config: a batch config takes name, ra and dec from the targets table; "
+                   "[target] may hold only r (default half-size, arcsec)")
+            raise ValueError(msg)
+        _unknown("target", target, {"r"})
+        target = {"name": "", "ra": np.nan, "dec": np.nan, "r": target.get("r", np.nan)}
+    elif not target or not {"ra", "dec", "r"} <= set(target):
         msg = "config: [target] needs ra, dec (ICRS degrees) and r (half-size, arcsec)"
         raise ValueError(msg)
     _unknown("target", target, _TARGET_KEYS)
@@ -144,8 +157,9 @@ def load_config(path):
         crit["drop"] = tuple(crit["drop"])
     if "starcord_list" in crit:
         crit["starcord_list"] = tuple(tuple(c) for c in crit["starcord_list"])
+    r = float(target["r"]) if batch and np.isnan(float(target["r"])) else check_positive("r", target["r"])
     return PrepareConfig(name=str(target.get("name", "target")), ra=float(target["ra"]), dec=float(target["dec"]),
-                         r=check_positive("r", target["r"]), bands=bands, criteria=StarCriteria(**crit), **options)
+                         r=r, bands=bands, criteria=StarCriteria(**crit), **options)
 
 
 def _sub(arr, cut):
@@ -286,12 +300,62 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
 
         path = os.path.join(out_dir, f"{config.name}_psfs.png")
         fig_psfs({b: p.psf for b, p in products.items() if not p.error and p.psf is not None}, save=path)
-    lyric = os.path.join(out_dir, f"{config.name}_images.lyric")
-    header = (f"R1) {config.name}    # name of the target\n"
-              f"R2) [{config.ra},{config.dec}]    # sky coordinate of the target [RA, Dec]\n\n")
-    with open(lyric, "w") as f:
-        f.write(header + "\n\n".join(blocks) + "\n")
+    if blocks:
+        lyric = os.path.join(out_dir, f"{config.name}_images.lyric")
+        header = (f"R1) {config.name}    # name of the target\n"
+                  f"R2) [{config.ra},{config.dec}]    # sky coordinate of the target [RA, Dec]\n\n")
+        with atomic_write(lyric, overwrite=overwrite) as tmp, open(tmp, "w") as f:
+            f.write(header + "\n\n".join(blocks) + "\n")
     return written
+
+
+def read_bands(config):
+    """Open every band's frame; returns ``(images, errors)``, dicts keyed by band.
+
+    A frame that cannot be read (missing, corrupt, wrong HDU) lands in
+    ``errors`` with its message instead of stopping the other bands.
+    """
+    images, errors = {}, {}
+    for band, spec in config.bands.items():
+        try:
+            images[band] = read_image(spec.file, spec.hdu, unit=spec.unit, band=band)
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+            errors[band] = f"{spec.file}: {exc}" if os.fspath(spec.file) not in str(exc) else str(exc)
+    return images, errors
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """What ``run_target`` did: the products, the files written per band, and per-band errors."""
+
+    products: dict
+    written: dict
+    errors: dict
+
+    @property
+    def ok(self):
+        """True when every band was prepared and written."""
+        return not self.errors
+
+
+def run_target(config, out_dir, *, figures=True, progress=None, overwrite=True):
+    """Read every band's frame, prepare the target and write its products to ``out_dir``.
+
+    This is ``gsprep prepare`` as a function (``gsprep batch`` runs it once
+    per target).  Bands that fail (unreadable frame, target off the frame, no
+    PSF star, ...) are listed in ``errors`` (band -> message, in config
+    order) and the other bands are still written.
+    """
+    images, read_errors = read_bands(config)
+    products = prepare_target(images, config.ra, config.dec, config, progress=progress) if images else {}
+    written = write_products(products, config, images, out_dir, figures=figures, overwrite=overwrite)
+    errors = {}
+    for band in config.bands:
+        if band in read_errors:
+            errors[band] = read_errors[band]
+        elif isinstance(written.get(band), str):
+            errors[band] = written[band]
+    return TargetRun(products=products, written=written, errors=errors)
 
 
 def _figures(p, image, out_dir, stem):

@@ -1,0 +1,490 @@
+"""Many targets on Dask: ``run_batch`` (``gsprep batch``) and its manifest.
+
+One Dask task per target (all its bands): the worker opens the target's
+frames itself, runs :func:`gsprep.pipeline.run_target` into a private
+folder under ``OUT/.gsprep-partial/`` and renames it to ``OUT/<name>/`` only
+when every file is written, so a killed run never leaves a half-written
+product where a finished one belongs.  The driver appends one row per
+finished target to ``OUT/manifest.csv`` as results arrive (flushed and
+synced), so a crash loses at most the targets in flight; the next run skips
+targets whose products are all present and unchanged and retries the
+failed ones.
+
+The output folder must be visible to every worker (a shared file system on
+a cluster), and so must the frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import datetime
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+
+from .pipeline import PrepareConfig, load_config, run_target
+
+__all__ = ["BatchResult", "read_targets", "target_configs", "read_manifest", "run_batch", "MANIFEST_COLUMNS"]
+
+MANIFEST = "manifest.csv"
+PARTIAL = ".gsprep-partial"
+LOCK = ".gsprep-batch.lock"
+MANIFEST_COLUMNS = ("name", "status", "error", "outputs", "bytes", "time_s", "worker", "finished")
+_STATUSES = ("done", "failed")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*")
+
+
+# --------------------------------------------------------------------------
+# targets
+
+
+def read_targets(targets):
+    """Read and check a targets table (CSV, ECSV, FITS, ... or an astropy Table).
+
+    Columns: ``name`` (used for the output folder and file names: letters,
+    digits, ``_ . + -``), ``ra`` and ``dec`` (ICRS degrees); optionally
+    ``r`` (cutout half-size, arcsec) and ``file_<band>`` (that band's frame,
+    overriding the config's file template).  Names must be unique.
+    """
+    if isinstance(targets, Table):
+        tab = targets.copy(copy_data=True)
+    else:
+        path = os.fspath(targets)
+        if not os.path.exists(path):
+            msg = f"targets: no such file {path!r}"
+            raise FileNotFoundError(msg)
+        fmt = "ascii.csv" if path.lower().endswith(".csv") else None
+        try:
+            tab = Table.read(path, format=fmt) if fmt else Table.read(path)
+        except Exception as exc:  # astropy raises many kinds here
+            msg = f"targets: cannot read {path!r} as a table ({exc})"
+            raise ValueError(msg) from None
+    missing = [c for c in ("name", "ra", "dec") if c not in tab.colnames]
+    if missing:
+        msg = f"targets: missing column(s) {missing}; the table has {tab.colnames}"
+        raise ValueError(msg)
+    if len(tab) == 0:
+        msg = "targets: the table has no rows"
+        raise ValueError(msg)
+    names = [str(n).strip() for n in tab["name"]]
+    bad = [n for n in names if not _SAFE_NAME.fullmatch(n)]
+    if bad:
+        msg = (f"targets: name(s) {bad[:5]} cannot be folder names; use letters, digits and _ . + - "
+               "(not starting with '.')")
+        raise ValueError(msg)
+    seen, dup = set(), []
+    for n in names:
+        if n in seen:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        msg = f"targets: duplicate name(s) {sorted(set(dup))[:5]}; each target needs its own name"
+        raise ValueError(msg)
+    tab["name"] = names
+    for col, lo, hi in (("ra", 0.0, 360.0), ("dec", -90.0, 90.0)):
+        try:
+            v = np.asarray(tab[col], float)
+        except (TypeError, ValueError):
+            msg = f"targets: column {col!r} must be numbers (degrees)"
+            raise ValueError(msg) from None
+        wrong = ~np.isfinite(v) | (v < lo) | (v > hi)
+        if wrong.any():
+            msg = f"targets: {col} out of [{lo:g}, {hi:g}] degrees or missing for {list(np.array(names)[wrong][:5])}"
+            raise ValueError(msg)
+    if "r" in tab.colnames:
+        r = np.asarray(tab["r"], float)
+        if not np.all(np.isfinite(r) & (r > 0)):
+            msg = "targets: column 'r' (half-size, arcsec) must be positive numbers"
+            raise ValueError(msg)
+    return tab
+
+
+def target_configs(targets, config, *, targets_dir=None):
+    """One :class:`PrepareConfig` per row of ``targets`` (from ``read_targets``).
+
+    Band files come from a ``file_<band>`` column when the table has one
+    (relative to ``targets_dir``), else from the config's file template,
+    filled with the row (``"frames/{name}_g.fits"``).
+    """
+    base = targets_dir or os.getcwd()
+    cols = targets.colnames
+    out = []
+    for row in targets:
+        values = {c: row[c] for c in cols}
+        bands = {}
+        for band, spec in config.bands.items():
+            col = f"file_{band}"
+            if col in cols:
+                f = str(row[col])
+                f = f if os.path.isabs(f) else os.path.join(base, f)
+            else:
+                try:
+                    f = spec.file.format(**values)
+                except KeyError as exc:
+                    msg = (f"config: [bands.{band}] file {spec.file!r} names {{{exc.args[0]}}}, which is not a column "
+                           f"of the targets table {cols}")
+                    raise ValueError(msg) from None
+                except (IndexError, ValueError) as exc:
+                    msg = f"config: [bands.{band}] file {spec.file!r} is not a valid template ({exc})"
+                    raise ValueError(msg) from None
+            bands[band] = dataclasses.replace(spec, file=f)
+        r = float(row["r"]) if "r" in cols else config.r
+        if not np.isfinite(r):
+            msg = "targets: no 'r' column and no [target] r (half-size, arcsec) in the config"
+            raise ValueError(msg)
+        out.append(dataclasses.replace(config, name=str(row["name"]), ra=float(row["ra"]), dec=float(row["dec"]),
+                                       r=r, bands=bands))
+    return out
+
+
+# --------------------------------------------------------------------------
+# manifest
+
+
+def _clean(text):
+    return " ".join(str(text).split())
+
+
+def _parse_row(row):
+    if len(row) != len(MANIFEST_COLUMNS):
+        return None
+    rec = dict(zip(MANIFEST_COLUMNS, row, strict=True))
+    try:
+        rec["bytes"] = int(rec["bytes"])
+        rec["time_s"] = float(rec["time_s"])
+        datetime.datetime.strptime(rec["finished"], _TIME_FORMAT)
+    except ValueError:
+        return None
+    if rec["status"] not in _STATUSES or not rec["name"]:
+        return None
+    rec["outputs"] = [p for p in rec["outputs"].split(";") if p]
+    return rec
+
+
+def _manifest_records(out_dir):
+    """name -> latest record; rows cut short by a crash are ignored."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or tuple(rows[0]) != MANIFEST_COLUMNS:
+        msg = f"out_dir: {path!r} is not a gsprep batch manifest (expected columns {list(MANIFEST_COLUMNS)})"
+        raise ValueError(msg)
+    recs = {}
+    for row in rows[1:]:
+        rec = _parse_row(row)
+        if rec is not None:
+            recs[rec["name"]] = rec
+    return recs
+
+
+def read_manifest(out_dir):
+    """The batch manifest of ``out_dir`` as a Table, one row per target (latest run).
+
+    Columns: ``name``, ``status`` (done / failed), ``error`` (per-band
+    messages, ``band: message; ...``), ``outputs`` (paths relative to
+    ``out_dir``, ``;``-separated), ``bytes`` (their total size), ``time_s``
+    (wall time of the target on its worker), ``worker`` and ``finished``
+    (UTC).
+    """
+    recs = _manifest_records(os.fspath(out_dir))
+    rows = [[r[c] if c != "outputs" else ";".join(r[c]) for c in MANIFEST_COLUMNS] for r in recs.values()]
+    dtype = [str, str, str, str, int, float, str, str]
+    if not rows:
+        return Table(names=MANIFEST_COLUMNS, dtype=dtype)
+    return Table(rows=rows, names=MANIFEST_COLUMNS, dtype=dtype)
+
+
+def _row(rec):
+    return [";".join(rec[c]) if c == "outputs" else rec[c] for c in MANIFEST_COLUMNS]
+
+
+def _append(path, rec):
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a+b") as fb:
+        if not new:  # a run killed mid-line leaves no newline: start this row on its own line
+            fb.seek(-1, os.SEEK_END)
+            if fb.read(1) != b"\n":
+                fb.write(b"\n")
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        if new:
+            w.writerow(MANIFEST_COLUMNS)
+        w.writerow(_row(rec))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _compact(out_dir):
+    """Rewrite the manifest with one row per target (atomically)."""
+    path = os.path.join(out_dir, MANIFEST)
+    recs = _manifest_records(out_dir)
+    if not recs:
+        return
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(MANIFEST_COLUMNS)
+            for rec in recs.values():
+                w.writerow(_row(rec))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _valid(out_dir, rec):
+    """A finished target's products are all there with the recorded total size."""
+    try:
+        sizes = [os.path.getsize(os.path.join(out_dir, p)) for p in rec["outputs"]]
+    except OSError:
+        return False
+    return bool(sizes) and sum(sizes) == rec["bytes"]
+
+
+# --------------------------------------------------------------------------
+# the task a worker runs
+
+
+def _listing(out_dir, name):
+    folder = os.path.join(out_dir, name)
+    if not os.path.isdir(folder):
+        return [], 0
+    files = sorted(f for f in os.listdir(folder) if not f.startswith("."))
+    return [f"{name}/{f}" for f in files], sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+
+
+def _swap_in(tmp, final, partial):
+    """Put the finished folder ``tmp`` at ``final`` (replacing an older one)."""
+    old = None
+    if os.path.exists(final):
+        old = os.path.join(partial, f"old-{os.path.basename(final)}.{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+    if os.listdir(tmp):
+        os.rename(tmp, final)
+    else:
+        os.rmdir(tmp)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_one(config, out_dir, figures=True):
+    """Prepare one target into ``out_dir/<name>/`` and return its manifest record.
+
+    This is the Dask task (it runs on a worker): it reads the frames,
+    writes everything into a private folder and renames that into place at
+    the end.  It never raises for a bad target: the error is in the record.
+    """
+    t0 = time.perf_counter()
+    partial = os.path.join(out_dir, PARTIAL)
+    os.makedirs(partial, exist_ok=True)
+    tmp = os.path.join(partial, f"{config.name}.{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        run = run_target(config, tmp, figures=figures, overwrite=False)
+        error = "; ".join(f"{b}: {m}" for b, m in run.errors.items())
+        _swap_in(tmp, os.path.join(out_dir, config.name), partial)
+    except Exception as exc:  # a bad target must not stop the batch; its message goes in the manifest
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = f"{type(exc).__name__}: {exc}"
+    outputs, nbytes = _listing(out_dir, config.name)
+    return {"name": config.name, "status": "failed" if error else "done", "error": _clean(error),
+            "outputs": outputs, "bytes": nbytes, "time_s": round(time.perf_counter() - t0, 3),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+
+
+# --------------------------------------------------------------------------
+# the driver
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What ``run_batch`` did.
+
+    ``done`` / ``failed``: targets in each state after this run (all of
+    the table, earlier runs included); ``skipped``: targets already done
+    (or failed, with ``retry_failed=False``) that were not run again;
+    ``ran``: targets run now; ``records``: their manifest records;
+    ``elapsed_s``: wall time of this run.
+    """
+
+    out_dir: str
+    manifest: str
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    ran: int
+    elapsed_s: float
+    records: tuple
+
+    @property
+    def targets_per_minute(self):
+        """Targets run per minute of wall time in this run (NaN when none ran)."""
+        return 60.0 * self.ran / self.elapsed_s if self.ran and self.elapsed_s > 0 else float("nan")
+
+
+@contextlib.contextmanager
+def _lock(out_dir):
+    path = os.path.join(out_dir, LOCK)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        with open(path) as f:
+            holder = f.read().strip()
+        host, _, pid = holder.partition(":")
+        if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+            msg = f"out_dir: another gsprep batch ({holder}) is writing to {out_dir!r}"
+            raise RuntimeError(msg) from None
+        os.remove(path)  # left by a run that was killed
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start_client(scheduler, workers):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    n = int(workers) if workers else max(1, min(os.cpu_count() or 1, 4))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                           env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    return Client(cluster), cluster
+
+
+def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=None, figures=True,
+              retry_failed=True, progress=None, targets_dir=None):
+    """Prepare many targets on Dask, resumably; returns a :class:`BatchResult`.
+
+    Parameters
+    ----------
+    targets : path or Table
+        The targets table (see :func:`read_targets`).
+    config : path or PrepareConfig
+        The bands TOML (``load_config(path, batch=True)``): band files are
+        templates filled from each target's row.
+    out_dir : path
+        Products go to ``out_dir/<name>/`` (the files ``gsprep prepare``
+        writes), the manifest to ``out_dir/manifest.csv``.
+    client : dask.distributed.Client, optional
+        Use this client (your own cluster).  Else ``scheduler`` (an address
+        such as ``"tcp://host:8786"``) is connected to, else a
+        ``LocalCluster`` of ``workers`` processes (default: the number of
+        cores, at most 4) is started and closed at the end.
+    figures : bool
+        Write the PNG figures too (default True, as ``gsprep prepare``).
+    retry_failed : bool
+        Run targets that failed before again (default True).  Targets done
+        before are skipped while their products are all present with the
+        recorded size; otherwise they are run again.
+    progress : callable, optional
+        Called as ``progress(record, counts)`` after each target finishes,
+        ``counts`` a dict with ``total``, ``done``, ``failed``, ``remaining``.
+    targets_dir : path, optional
+        Folder that relative ``file_<band>`` entries of the table are
+        relative to (default: the table file's folder, or the current one).
+    """
+    t0 = time.perf_counter()
+    if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
+        msg = f"workers must be an integer >= 1, got {workers!r}"
+        raise ValueError(msg)
+    if targets_dir is None and not isinstance(targets, Table):
+        targets_dir = os.path.dirname(os.path.abspath(os.fspath(targets)))
+    tab = read_targets(targets)
+    if not isinstance(config, PrepareConfig):
+        config = load_config(config, batch=True)
+    configs = target_configs(tab, config, targets_dir=targets_dir)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = os.path.join(out_dir, MANIFEST)
+    with _lock(out_dir):
+        shutil.rmtree(os.path.join(out_dir, PARTIAL), ignore_errors=True)  # leftovers of a killed run
+        prev = _manifest_records(out_dir)
+        status, todo = {}, []
+        for cfg in configs:
+            rec = prev.get(cfg.name)
+            if rec and rec["status"] == "done" and _valid(out_dir, rec):
+                status[cfg.name] = "done"
+            elif rec and rec["status"] == "failed" and not retry_failed:
+                status[cfg.name] = "failed"
+            else:
+                todo.append(cfg)
+        skipped = len(configs) - len(todo)
+        records = []
+        if todo:
+            records = _run(todo, out_dir, manifest, figures, client, scheduler, workers, status, len(configs),
+                           progress)
+        _compact(out_dir)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out_dir, PARTIAL))
+    vals = list(status.values())
+    return BatchResult(out_dir=out_dir, manifest=manifest, total=len(configs), done=vals.count("done"),
+                       failed=vals.count("failed"), skipped=skipped, ran=len(records),
+                       elapsed_s=time.perf_counter() - t0, records=tuple(records))
+
+
+def _run(todo, out_dir, manifest, figures, client, scheduler, workers, status, total, progress):
+    from dask.distributed import as_completed
+
+    made, cluster = client is None, None
+    if made:
+        client, cluster = _start_client(scheduler, workers)
+    records = []
+    try:
+        token = uuid.uuid4().hex[:8]
+        futures = {client.submit(prepare_one, cfg, out_dir, figures, key=f"gsprep-{cfg.name}-{token}",
+                                 pure=False): cfg.name for cfg in todo}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            try:
+                rec = fut.result()
+            except Exception as exc:  # the worker died (KilledWorker) or the task was lost
+                rec = {"name": name, "status": "failed", "error": _clean(f"{type(exc).__name__}: {exc}"),
+                       "outputs": [], "bytes": 0, "time_s": 0.0, "worker": "",
+                       "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+            _append(manifest, rec)
+            records.append(rec)
+            status[name] = rec["status"]
+            if progress is not None:
+                vals = list(status.values())
+                progress(rec, {"total": total, "done": vals.count("done"), "failed": vals.count("failed"),
+                               "remaining": total - len(vals)})
+            fut.release()
+    finally:
+        if made:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return records
