@@ -99,7 +99,7 @@ def read_targets(targets):
             raise ValueError(msg) from None
         wrong = ~np.isfinite(v) | (v < lo) | (v > hi)
         if wrong.any():
-            msg = f"targets: {col} out of [{lo:g}, {hi:g}] degrees or missing for {list(np.array(names)[wrong][:5])}"
+            msg = f"targets: {col} out of [{lo:g}, {hi:g}] degrees or missing for {[n for n, b in zip(names, wrong, strict=True) if b][:5]}"
             raise ValueError(msg)
     if "r" in tab.colnames:
         r = np.asarray(tab["r"], float)
@@ -282,14 +282,27 @@ def _swap_in(tmp, final, partial):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare_one(config, out_dir, figures=True):
+def _use_compile_cache(folder):
+    """Point JAX's persistent compilation cache at ``folder`` (once per process)."""
+    import jax
+
+    if folder and jax.config.jax_compilation_cache_dir != folder:
+        os.makedirs(folder, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def prepare_one(config, out_dir, figures=True, compile_cache=None):
     """Prepare one target into ``out_dir/<name>/`` and return its manifest record.
 
     This is the Dask task (it runs on a worker): it reads the frames,
     writes everything into a private folder and renames that into place at
     the end.  It never raises for a bad target: the error is in the record.
+    ``compile_cache``: a folder for JAX's persistent compilation cache, so
+    that workers reuse each other's compiled fits.
     """
     t0 = time.perf_counter()
+    _use_compile_cache(compile_cache)
     partial = os.path.join(out_dir, PARTIAL)
     os.makedirs(partial, exist_ok=True)
     tmp = os.path.join(partial, f"{config.name}.{uuid.uuid4().hex[:8]}")
@@ -385,7 +398,7 @@ def _start_client(scheduler, workers):
 
 
 def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=None, figures=True,
-              retry_failed=True, progress=None, targets_dir=None):
+              retry_failed=True, progress=None, targets_dir=None, compile_cache="default"):
     """Prepare many targets on Dask, resumably; returns a :class:`BatchResult`.
 
     Parameters
@@ -415,6 +428,10 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
     targets_dir : path, optional
         Folder that relative ``file_<band>`` entries of the table are
         relative to (default: the table file's folder, or the current one).
+    compile_cache : path or None
+        Folder for JAX's persistent compilation cache, shared by the workers
+        (default ``out_dir/.gsprep-jax-cache``; None: no cache).  A worker
+        then compiles the PSF fit in about 3 s instead of about 10 s.
     """
     t0 = time.perf_counter()
     if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
@@ -429,6 +446,10 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
     manifest = os.path.join(out_dir, MANIFEST)
+    if compile_cache == "default":
+        compile_cache = os.path.join(out_dir, ".gsprep-jax-cache")
+    elif compile_cache is not None:
+        compile_cache = os.path.abspath(os.fspath(compile_cache))
     with _lock(out_dir):
         shutil.rmtree(os.path.join(out_dir, PARTIAL), ignore_errors=True)  # leftovers of a killed run
         prev = _manifest_records(out_dir)
@@ -444,8 +465,8 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         skipped = len(configs) - len(todo)
         records = []
         if todo:
-            records = _run(todo, out_dir, manifest, figures, client, scheduler, workers, status, len(configs),
-                           progress)
+            records = _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status,
+                           len(configs), progress)
         _compact(out_dir)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(out_dir, PARTIAL))
@@ -455,7 +476,7 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
                        elapsed_s=time.perf_counter() - t0, records=tuple(records))
 
 
-def _run(todo, out_dir, manifest, figures, client, scheduler, workers, status, total, progress):
+def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status, total, progress):
     from dask.distributed import as_completed
 
     made, cluster = client is None, None
@@ -464,7 +485,7 @@ def _run(todo, out_dir, manifest, figures, client, scheduler, workers, status, t
     records = []
     try:
         token = uuid.uuid4().hex[:8]
-        futures = {client.submit(prepare_one, cfg, out_dir, figures, key=f"gsprep-{cfg.name}-{token}",
+        futures = {client.submit(prepare_one, cfg, out_dir, figures, compile_cache, key=f"gsprep-{cfg.name}-{token}",
                                  pure=False): cfg.name for cfg in todo}
         for fut in as_completed(futures):
             name = futures[fut]

@@ -101,6 +101,20 @@ def test_batched_bands_equal_single_bands(rng):
     assert np.all(both.flags[1, -4:] == 2) and np.all(both.flags[1, :-4] & 2 == 0)
 
 
+def test_star_count_padding_does_not_change_the_answer(rng, monkeypatch):
+    import gsprep.epsf as epsf
+
+    assert [epsf._bucket(n) for n in (1, 8, 9, 13, 17, 24, 25, 49, 100)] == [8, 8, 12, 16, 24, 24, 32, 64, 128]
+    data, sigma, _, _ = stars(rng, n=N - 3, noise=1.0)  # 21 stars: fitted padded to 24
+    padded = gsprep.fit_epsf(data, sigma, oversampling=K)
+    monkeypatch.setattr(epsf, "_bucket", lambda n: n)
+    exact = gsprep.fit_epsf(data, sigma, oversampling=K)
+    assert padded.psf.shape == exact.psf.shape and padded.fluxes.shape == (N - 3,)
+    np.testing.assert_allclose(padded.psf, exact.psf, atol=1e-4 * exact.psf.max())
+    np.testing.assert_allclose(padded.centers, exact.centers, atol=1e-3)
+    np.testing.assert_array_equal(padded.flags, exact.flags)
+
+
 def test_cosmic_ray_does_not_bend_the_psf(rng):
     data, sigma, _, _ = stars(rng, noise=1.0)
     again = data + rng.normal(0, 1, data.shape) * sigma  # a second noise draw: the PSF's own noise
