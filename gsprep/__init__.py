@@ -15,7 +15,8 @@ from .epsf import EPSFResult, fit_epsf, to_epsf_convention
 from .io import Image, read_image, read_psf, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_weight, sigma_image
-from .pipeline import BandProducts, PrepareConfig, load_config, prepare_target
+from .pipeline import BandProducts, PrepareConfig, TargetRun, load_config, prepare_target, run_target
+from .batch import BatchResult, read_manifest, read_targets, run_batch
 from .sky import SkyFit, fit_sky, sky_mask
 from .stars import (
     NoStarsError,
@@ -34,6 +35,12 @@ __all__ = [
     "PrepareConfig",
     "load_config",
     "prepare_target",
+    "run_target",
+    "TargetRun",
+    "run_batch",
+    "read_targets",
+    "read_manifest",
+    "BatchResult",
     "Cutout",
     "EPSFResult",
     "fit_epsf",

@@ -679,24 +679,22 @@ def _bucket(n):
 
 
 def _pad_stars(st, d, n_to):
-    """Append ``n_to - n`` fully masked stars (zero weight, ignored by every step)."""
+    """Append ``n_to - n`` fully masked stars (zero weight, ignored by every step).
+
+    In numpy, so that no padding op is compiled per star count; returns numpy arrays.
+    """
     n, size, _ = d.shape
     p = n_to - n
-    if p <= 0:
-        return st, d
-    c = (size - 1) / 2.0
-    dt = d.dtype
-    st = _State(st.theta, st.resid, jnp.concatenate([st.xy, jnp.full((p, 2), c, dt)]),
-                jnp.concatenate([st.flux, jnp.ones(p, dt)]), jnp.concatenate([st.sky, jnp.zeros(p, dt)]),
-                jnp.concatenate([st.w, jnp.zeros((p, size, size), dt)]))
-    return st, jnp.concatenate([d, jnp.zeros((p, size, size), dt)])
-
-
-def _unpad(out, n):
-    """The first ``n`` stars of a (possibly padded) ``_fit_core`` output."""
-    st, flagged, many, hist, dpsf = out
-    st = _State(st.theta, st.resid, st.xy[..., :n, :], st.flux[..., :n], st.sky[..., :n], st.w[..., :n, :, :])
-    return st, flagged[..., :n], many[..., :n], hist, dpsf
+    st = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float32), st)
+    d = np.asarray(d, np.float32)
+    if p > 0:
+        c = (size - 1) / 2.0
+        st = _State(st.theta, st.resid, np.concatenate([st.xy, np.full((p, 2), c, np.float32)]),
+                    np.concatenate([st.flux, np.ones(p, np.float32)]),
+                    np.concatenate([st.sky, np.zeros(p, np.float32)]),
+                    np.concatenate([st.w, np.zeros((p, size, size), np.float32)]))
+        d = np.concatenate([d, np.zeros((p, size, size), np.float32)])
+    return st, d
 
 
 @partial(jax.jit, static_argnames=("size", "k", "psf_size"))
@@ -706,13 +704,19 @@ def _psf_and_models(st, size, k, psf_size):
 
 
 def _band_finish(st, flagged, many, hist, dpsf, d, w, valid, k, psf_size, opts):
-    """Numpy results of one band, with every star's reduced chi-square and flags."""
+    """Numpy results of one band, with every star's reduced chi-square and flags.
+
+    ``st``, ``flagged`` and ``many`` may hold padding stars beyond the ``n`` of ``d``: they are
+    dropped here (after the model, so that it is compiled for the padded count only).
+    """
     n, size, _ = d.shape
     psf_j, model_j = _psf_and_models(st, size, k, psf_size)
-    psf, xy, flux, sky = (np.asarray(v, dtype=float) for v in (psf_j, st.xy, st.flux, st.sky))
-    w_fit = np.asarray(st.w, dtype=float)
-    flags = (np.where(np.asarray(flagged), 1, 0) | np.where(valid, 0, 2) | np.where(np.asarray(many), 4, 0))
-    model = np.asarray(model_j, dtype=float)
+    psf = np.asarray(psf_j, dtype=float)
+    xy, flux, sky = (np.asarray(v, dtype=float)[:n] for v in (st.xy, st.flux, st.sky))
+    w_fit = np.asarray(st.w, dtype=float)[:n]
+    flagged, many = np.asarray(flagged)[:n], np.asarray(many)[:n]
+    flags = (np.where(flagged, 1, 0) | np.where(valid, 0, 2) | np.where(many, 4, 0))
+    model = np.asarray(model_j, dtype=float)[:n]
     # reduced chi-square of every star (flagged ones too) on its own unclipped pixels
     w_eval = np.where((flags & 1)[:, None, None] > 0, np.where(valid[:, None, None], w, 0.0), w_fit)
     if opts["robust"]:
@@ -833,16 +837,16 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     clip_start = opts["clip"] if opts["robust"] else None
     starts = [_band_start(bands[b], wb[b], None if cb is None else cb[b], k, psf_size, clip_start) for b in range(nb)]
     static = _core_static(size, k, psf_size, opts)
-    dt = jnp.float32
     n_fit = _bucket(n)
-    padded = [_pad_stars(s[0], jnp.asarray(bands[b], dt), n_fit) for b, s in enumerate(starts)]
+    padded = [_pad_stars(s[0], bands[b], n_fit) for b, s in enumerate(starts)]
     if d.ndim == 3:
         (st, db), (_, psf0, valid) = padded[0], starts[0]
-        out = _unpad(_fit_core(st, psf0, db, *_core_args(opts), **static), n)
+        out = jax.tree_util.tree_map(np.asarray, _fit_core(st, psf0, db, *_core_args(opts), **static))
         return EPSFResult(oversampling=k, **_band_finish(*out, bands[0], wb[0], valid, k, psf_size, opts))
-    st = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[p[0] for p in padded])
-    psf0 = jnp.stack([s[1] for s in starts])
-    out = _unpad(_fit_core_bands(st, psf0, jnp.stack([p[1] for p in padded]), *_core_args(opts), **static), n)
+    st = jax.tree_util.tree_map(lambda *x: np.stack(x), *[p[0] for p in padded])
+    psf0 = np.stack([np.asarray(s[1]) for s in starts])
+    out = _fit_core_bands(st, psf0, np.stack([p[1] for p in padded]), *_core_args(opts), **static)
+    out = jax.tree_util.tree_map(np.asarray, out)
     results = []
     for b in range(nb):
         ob = jax.tree_util.tree_map(lambda x, b=b: x[b], out)
