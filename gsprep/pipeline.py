@@ -7,6 +7,7 @@ block; ``load_config`` reads the TOML file ``gsprep prepare`` takes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -174,12 +175,8 @@ def _sub(arr, cut):
     return out
 
 
-def prepare_band(image, ra, dec, config, spec, *, band="band"):
-    """Run every stage on one band and return its products (pure: nothing is written).
-
-    Sky (source mask + polynomial), cutout of the sky-subtracted frame, sigma
-    image, mask, PSF stars (find, select, stamps) and the PSF.
-    """
+def _band_inputs(image, spec, band):
+    """Checked exposure time and gain of one band."""
     if not isinstance(image, Image):
         msg = f"image must be a gsprep Image (from read_image), got {type(image).__name__}"
         raise TypeError(msg)
@@ -188,8 +185,15 @@ def prepare_band(image, ra, dec, config, spec, *, band="band"):
     if spec.unit == "cR" and exptime is None:
         msg = f"band {band}: no EXPTIME in the header; give exptime in the band's config"
         raise ValueError(msg)
-    keep_out = sky_mask(image.data, fwhm=spec.fwhm, nsigma=config.sky_nsigma, max_grow=config.max_grow)
-    sky = fit_sky(image.data, keep_out, order=config.sky_order)
+    return exptime, gain
+
+
+def _band_sky_mask(image, config, spec):
+    return sky_mask(image.data, fwhm=spec.fwhm, nsigma=config.sky_nsigma, max_grow=config.max_grow)
+
+
+def _band_after_sky(image, ra, dec, config, spec, sky, exptime, gain, band):
+    """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet)."""
     clean = image.data - sky.background
     cut = cutout(clean, image.wcs, ra, dec, config.r)
     # sky_rms is the measured background noise (the sky's own Poisson noise included), so the sky is
@@ -199,17 +203,91 @@ def prepare_band(image, ra, dec, config, spec, *, band="band"):
     mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
                        deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
                        bad=~np.isfinite(sig))
-    stars = stamps = psf = None
+    stars = stamps = None
     if config.psf:
         cat, seg = find_stars(clean, fwhm=spec.fwhm, nsigma=config.star_nsigma, npixels=config.star_npixels,
                               wcs=image.wcs, size=config.stamp_size, return_segmentation=True)
         stars = select_stars(cat, config.criteria)
         stamps = extract_stamps(clean, sig_full, stars, config.stamp_size, segmentation=seg)
-        psf = fit_epsf(stamps, oversampling=config.oversampling)
-    return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps, psf=psf)
+    return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps)
 
 
-def prepare_target(images, ra, dec, config, *, progress=None):
+def prepare_band(image, ra, dec, config, spec, *, band="band"):
+    """Run every stage on one band and return its products (pure: nothing is written).
+
+    Sky (source mask + polynomial), cutout of the sky-subtracted frame, sigma
+    image, mask, PSF stars (find, select, stamps) and the PSF.
+    """
+    exptime, gain = _band_inputs(image, spec, band)
+    sky = fit_sky(image.data, _band_sky_mask(image, config, spec), order=config.sky_order)
+    p = _band_after_sky(image, ra, dec, config, spec, sky, exptime, gain, band)
+    if p.stamps is None:
+        return p
+    return dataclasses.replace(p, psf=fit_epsf(p.stamps, oversampling=config.oversampling))
+
+
+def _skies(frames, masks, order, stack=True):
+    """Sky fits of several bands: one ``fit_sky`` call per frame shape (band -> SkyFit or error)."""
+    groups = {}
+    for band, data in frames.items():
+        groups.setdefault(data.shape if stack else band, []).append(band)
+    out = {}
+    for bands in groups.values():
+        if len(bands) > 1:
+            try:
+                fit = fit_sky(np.stack([frames[b] for b in bands]), np.stack([masks[b] for b in bands]), order=order)
+            except ValueError:  # one band cannot be fitted: find it below, band by band
+                pass
+            else:
+                for i, b in enumerate(bands):
+                    out[b] = SkyFit(fit.background[i], fit.coeffs[i], fit.order, float(fit.rms[i]), fit.method)
+                continue
+        for b in bands:
+            try:
+                out[b] = fit_sky(frames[b], masks[b], order=order)
+            except ValueError as exc:
+                out[b] = exc
+    return out
+
+
+def _psfs(stamps, oversampling):
+    """PSF fits of several bands in one ``fit_epsf`` call (band -> EPSFResult or error).
+
+    Bands with fewer stars are padded with fully masked stamps, which the
+    fit ignores; each band's result is cut back to its own stars.
+    """
+    out = {}
+    if len(stamps) > 1 and len({st.data.shape[1:] for st in stamps.values()}) == 1:
+        n = max(len(st.data) for st in stamps.values())
+
+        def pad(a, fill):
+            return np.concatenate([a, np.full((n - len(a),) + a.shape[1:], fill, a.dtype)])
+
+        stack = {key: np.stack([pad(getattr(st, key), fill) for st in stamps.values()])
+                 for key, fill in (("data", 0.0), ("sigma", 1.0), ("mask", True))}
+        centre = (stack["data"].shape[-1] - 1) / 2.0
+        centers = np.stack([pad(np.asarray(st.positions, float), centre) for st in stamps.values()])
+        try:
+            fit = fit_epsf(stack["data"], stack["sigma"], stack["mask"], centers=centers, oversampling=oversampling)
+        except ValueError:  # a band with no usable stamp: find it below, band by band
+            pass
+        else:
+            for i, (b, st) in enumerate(stamps.items()):
+                m = len(st.data)
+                out[b] = EPSFResult(psf=fit.psf[i], centers=fit.centers[i, :m], fluxes=fit.fluxes[i, :m],
+                                    sky=fit.sky[i, :m], chi2=fit.chi2[i, :m], loss_history=fit.loss_history[i],
+                                    flags=fit.flags[i, :m], oversampling=fit.oversampling,
+                                    converged=bool(fit.converged[i]), n_iter=int(fit.n_iter[i]))
+            return out
+    for b, st in stamps.items():
+        try:
+            out[b] = fit_epsf(st, oversampling=oversampling)
+        except ValueError as exc:
+            out[b] = exc
+    return out
+
+
+def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"):
     """Prepare one target in every band.
 
     Parameters
@@ -219,7 +297,15 @@ def prepare_target(images, ra, dec, config, *, progress=None):
         ICRS degrees.
     config : PrepareConfig
     progress : callable, optional
-        Called with a short message before each band.
+        Called with a short message before each stage.
+    stack_bands : {"auto", True, False}
+        True: fit the sky of every band in one compiled ``fit_sky`` call (per
+        frame shape) and every band's PSF in one ``fit_epsf`` call.  False:
+        band by band (``prepare_band``).  ``"auto"`` (default): PSFs in one
+        call; skies in one call on a GPU/TPU, band by band on the CPU, where
+        one ``fit_sky`` call over B frames ran about 2x slower than B calls
+        (``benchmarks/bench_bands.py``).  The products are the same either
+        way, to float32 rounding (about 1e-4 of the PSF peak).
 
     Returns
     -------
@@ -227,15 +313,62 @@ def prepare_target(images, ra, dec, config, *, progress=None):
         A band that fails (target off its frame, no PSF star, ...) has
         ``error`` set and the other bands are still prepared.
     """
-    out = {}
-    for band, image in images.items():
+    def say(msg):
         if progress:
-            progress(f"{band}: sky, cutout, sigma, mask, stars, PSF")
+            progress(msg)
+
+    errors = (ValueError, TypeError)
+    out = {}
+    if stack_bands not in ("auto", True, False):
+        msg = f"stack_bands must be 'auto', True or False, got {stack_bands!r}"
+        raise ValueError(msg)
+    if stack_bands is False:
+        for band, image in images.items():
+            say(f"{band}: sky, cutout, sigma, mask, stars, PSF")
+            try:
+                out[band] = prepare_band(image, ra, dec, config, config.bands[band], band=band)
+            except errors as exc:
+                out[band] = BandProducts(band=band, error=str(exc))
+        return out
+    inputs, keep_out = {}, {}
+    for band, image in images.items():
         try:
-            out[band] = prepare_band(image, ra, dec, config, config.bands[band], band=band)
-        except (ValueError, TypeError) as exc:
+            inputs[band] = _band_inputs(image, config.bands[band], band)
+            keep_out[band] = _band_sky_mask(image, config, config.bands[band])
+        except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
-    return out
+            inputs.pop(band, None)
+    say(f"sky: {', '.join(inputs)}")
+    if stack_bands == "auto":
+        import jax
+
+        stack_sky = jax.default_backend() != "cpu"
+    else:
+        stack_sky = bool(stack_bands)
+    skies = _skies({b: images[b].data for b in inputs}, keep_out, config.sky_order, stack=stack_sky)
+    partial = {}
+    for band in inputs:
+        if isinstance(skies[band], Exception):
+            out[band] = BandProducts(band=band, error=str(skies[band]))
+            continue
+        say(f"{band}: cutout, sigma, mask, stars")
+        try:
+            partial[band] = _band_after_sky(images[band], ra, dec, config, config.bands[band], skies[band],
+                                            *inputs[band], band)
+        except errors as exc:
+            out[band] = BandProducts(band=band, error=str(exc))
+    with_stamps = {b: p.stamps for b, p in partial.items() if p.stamps is not None}
+    if with_stamps:
+        say(f"PSF: {', '.join(with_stamps)}")
+    psfs = _psfs(with_stamps, config.oversampling) if with_stamps else {}
+    for band in images:  # keep the caller's band order
+        if band in partial:
+            res = psfs.get(band)
+            if isinstance(res, Exception):
+                out[band] = BandProducts(band=band, error=str(res))
+            else:
+                out[band] = dataclasses.replace(partial[band], psf=res)
+    return {b: out[b] for b in images}
 
 
 def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=None, unit="cR"):

@@ -141,6 +141,12 @@ def _fit_stack(data, weight, order, nclip, clip):
     return jax.lax.map(lambda dw: _fit_one(dw[0], dw[1], order, nclip, clip), (data, weight))
 
 
+@partial(jax.jit, static_argnames=("order", "nclip"))
+def _fit_stack_masked(data, good, order, nclip, clip):
+    """``_fit_stack`` with the zeroing of excluded pixels done on the device (fewer host copies)."""
+    return _fit_stack(jnp.where(good, data, 0.0), good.astype(data.dtype), order, nclip, clip)
+
+
 def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0):
     """Fit the sky of one frame or of a stack of bands.
 
@@ -164,6 +170,9 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
     -------
     SkyFit
         Fitting a stack gives the same result as fitting each band alone.
+        A stack is one compiled call; on the CPU it runs about 2x slower than
+        one call per band (``benchmarks/bench_bands.py``), so prefer a loop
+        there and a stack on a GPU.
 
     Examples
     --------
@@ -216,9 +225,7 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
         coeffs = vals[:, None]
         order_out = 0
     else:
-        d = jnp.asarray(np.where(good, stack, 0.0), dtype=jnp.float32)
-        w = jnp.asarray(good, dtype=jnp.float32)
-        c, bg, rms = _fit_stack(d, w, order, nclip, clip)
+        c, bg, rms = _fit_stack_masked(np.asarray(stack, np.float32), good, order, nclip, clip)
         coeffs, bg, rms = (np.asarray(v, dtype=np.float64) for v in (c, bg, rms))
         order_out = order
     if arr.ndim == 2:

@@ -114,3 +114,29 @@ def test_psf_command(tmp_path, capsys):
                  str(tmp_path / "x.fits")]) == 2
     assert "size must be an odd integer" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x.fits")
+
+
+def test_bands_in_one_call_match_band_by_band(tmp_path):
+    write_frames(tmp_path, bands=(("g", 2.6), ("r", 3.2)))
+    # a third band whose frame does not hold the target: it fails alone, the stack goes on
+    data, header = demo_frame(fwhm=3.0, seed=5, shape=(300, 300), n_stars=30, ra=151.0)
+    fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(tmp_path / "f_far.fits")
+    cfg = load_config(write_config(tmp_path, extra_band='[bands.far]\nfile = "f_far.fits"\nfwhm = 3.0\n'))
+    images = {b: gsprep.read_image(s.file) for b, s in cfg.bands.items()}
+    stacked = gsprep.prepare_target(images, RA, DEC, cfg, stack_bands=True)  # sky and PSF stacked
+    single = gsprep.prepare_target(images, RA, DEC, cfg, stack_bands=False)
+    assert list(stacked) == ["g", "r", "far"]
+    assert "falls at pixel" in stacked["far"].error and single["far"].error == stacked["far"].error
+    for band in ("g", "r"):
+        a, b = stacked[band], single[band]
+        assert a.error is None
+        # float32 sums in another order: same sky to 1e-5 of the noise, same PSF to 1e-4 of its peak
+        assert np.abs(a.sky.background - b.sky.background).max() < 1e-5 * b.sky.rms
+        np.testing.assert_array_equal(a.mask.mask, b.mask.mask)
+        assert a.psf.psf.shape == b.psf.psf.shape and a.psf.fluxes.shape == b.psf.fluxes.shape
+        assert np.abs(a.psf.psf - b.psf.psf).max() < 1e-4 * b.psf.psf.max()
+        np.testing.assert_array_equal(a.psf.flags, b.psf.flags)
+    # the two bands have different star counts: the stack padded one of them
+    assert len(stacked["g"].psf.fluxes) != len(stacked["r"].psf.fluxes)
+    with pytest.raises(ValueError, match="stack_bands must be 'auto', True or False"):
+        gsprep.prepare_target(images, RA, DEC, cfg, stack_bands="yes")
