@@ -428,6 +428,12 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
     targets_dir : path, optional
         Folder that relative ``file_<band>`` entries of the table are
         relative to (default: the table file's folder, or the current one).
+
+    Notes
+    -----
+    The local cluster's workers are new processes that import your script,
+    so in a script call ``run_batch`` under ``if __name__ == "__main__":``
+    (as for any ``multiprocessing`` or Dask code).
     compile_cache : path or None
         Folder for JAX's persistent compilation cache, shared by the workers
         (default ``out_dir/.gsprep-jax-cache``; None: no cache).  A worker

@@ -130,7 +130,8 @@ def test_batch_matches_prepare_records_failure_and_resumes(tmp_path, client, cac
     # mend the frame and lose one product of t0: the third run redoes exactly those two
     make_targets(tmp_path, n=4)
     os.remove(out / "t0" / "t0_r_psf.fits")
-    res3 = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir)
+    # (through the scheduler's address this time, as `gsprep batch --scheduler` does)
+    res3 = run_batch(targets, bands, out, scheduler=client.scheduler.address, figures=False, compile_cache=cache_dir)
     assert sorted(r["name"] for r in res3.records) == ["t0", "t3"]
     assert (res3.done, res3.failed) == (4, 0)
     assert (out / "t0" / "t0_r_psf.fits").exists() and (out / "t3" / "t3_r.fits").exists()
