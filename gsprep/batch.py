@@ -16,6 +16,7 @@ a cluster), and so must the frames.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -476,9 +477,9 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         _compact(out_dir)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(out_dir, PARTIAL))
-    vals = list(status.values())
-    return BatchResult(out_dir=out_dir, manifest=manifest, total=len(configs), done=vals.count("done"),
-                       failed=vals.count("failed"), skipped=skipped, ran=len(records),
+    counts = collections.Counter(status.values())
+    return BatchResult(out_dir=out_dir, manifest=manifest, total=len(configs), done=counts["done"],
+                       failed=counts["failed"], skipped=skipped, ran=len(records),
                        elapsed_s=time.perf_counter() - t0, records=tuple(records))
 
 
@@ -489,6 +490,7 @@ def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, wor
     if made:
         client, cluster = _start_client(scheduler, workers)
     records = []
+    counts = collections.Counter(status.values())  # kept up to date: no pass over every target per result
     try:
         token = uuid.uuid4().hex[:8]
         futures = {client.submit(prepare_one, cfg, out_dir, figures, compile_cache, key=f"gsprep-{cfg.name}-{token}",
@@ -503,11 +505,11 @@ def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, wor
                        "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
             _append(manifest, rec)
             records.append(rec)
-            status[name] = rec["status"]
+            status[name] = rec["status"]  # names here were not in ``status`` before (they were to do)
+            counts[rec["status"]] += 1
             if progress is not None:
-                vals = list(status.values())
-                progress(rec, {"total": total, "done": vals.count("done"), "failed": vals.count("failed"),
-                               "remaining": total - len(vals)})
+                progress(rec, {"total": total, "done": counts["done"], "failed": counts["failed"],
+                               "remaining": total - counts["done"] - counts["failed"]})
             fut.release()
     finally:
         if made:

@@ -135,16 +135,14 @@ def _fit_one(data, weight, order, nclip, clip):
 
 
 @partial(jax.jit, static_argnames=("order", "nclip"))
-def _fit_stack(data, weight, order, nclip, clip):
-    """Every band in one compiled call.  ``lax.map`` rather than ``vmap``: on the CPU the
-    batched matrix products of a ``vmap`` ran about 3x slower per band than one band at a time."""
+def _fit_stack(data, good, order, nclip, clip):
+    """Every band in one compiled call; excluded pixels are zeroed on the device (fewer host copies).
+
+    ``lax.map`` rather than ``vmap``: on the CPU the batched matrix products of a ``vmap`` ran
+    about 3x slower per band than one band at a time."""
+    weight = good.astype(data.dtype)
+    data = jnp.where(good, data, 0.0)
     return jax.lax.map(lambda dw: _fit_one(dw[0], dw[1], order, nclip, clip), (data, weight))
-
-
-@partial(jax.jit, static_argnames=("order", "nclip"))
-def _fit_stack_masked(data, good, order, nclip, clip):
-    """``_fit_stack`` with the zeroing of excluded pixels done on the device (fewer host copies)."""
-    return _fit_stack(jnp.where(good, data, 0.0), good.astype(data.dtype), order, nclip, clip)
 
 
 def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0):
@@ -225,7 +223,7 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
         coeffs = vals[:, None]
         order_out = 0
     else:
-        c, bg, rms = _fit_stack_masked(np.asarray(stack, np.float32), good, order, nclip, clip)
+        c, bg, rms = _fit_stack(np.asarray(stack, np.float32), good, order, nclip, clip)
         coeffs, bg, rms = (np.asarray(v, dtype=np.float64) for v in (c, bg, rms))
         order_out = order
     if arr.ndim == 2:
