@@ -12,7 +12,7 @@ from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from ._checks import as_image, check_choice, check_positive
+from ._checks import as_image, check_choice, check_positive, check_ra_dec
 
 __all__ = ["Cutout", "cutout", "linear_wcs_header"]
 
@@ -70,6 +70,9 @@ def _check_wcs(wcs):
 
 def _half_size_arcsec(r):
     if isinstance(r, u.Quantity):
+        if not r.isscalar:
+            msg = f"r must be one angle, got {r!r}"
+            raise ValueError(msg)
         if r.unit.physical_type != "angle":
             msg = f"r must be an angle (arcsec) or a number of arcsec, got unit {r.unit}"
             raise ValueError(msg)
@@ -118,6 +121,7 @@ def cutout(data, wcs, ra, dec, r, *, recenter=None, recenter_radius=5):
     arr = as_image("data", data, ndim=(2, 3))
     cwcs = _check_wcs(wcs)
     check_choice("recenter", recenter, (None, "peak"))
+    ra, dec = check_ra_dec(ra, dec)
     r_as = _half_size_arcsec(r)
     scale = float(np.mean(proj_plane_pixel_scales(cwcs)) * 3600.0)
     n = int(r_as / scale)
@@ -125,10 +129,13 @@ def cutout(data, wcs, ra, dec, r, *, recenter=None, recenter_radius=5):
         msg = f"r={r_as:g} arcsec is less than one pixel ({scale:.4g} arcsec/pixel); no cut to make"
         raise ValueError(msg)
     ny, nx = arr.shape[-2:]
-    target = SkyCoord(float(ra) * u.deg, float(dec) * u.deg, frame="icrs")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x, y = (float(v) for v in cwcs.world_to_pixel(target))
+    if n > max(nx, ny):
+        msg = (f"r={r_as:g} arcsec asks for a cut of {2 * n + 1} x {2 * n + 1} pixels, more than twice the "
+               f"frame ({nx} x {ny} pixels of {scale:.4g} arcsec); r can be at most "
+               f"{(max(nx, ny) + 1) * scale:.4g} arcsec here")
+        raise ValueError(msg)
+    target = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
+    x, y = (float(v) for v in cwcs.world_to_pixel(target))
     if not (np.isfinite(x) and np.isfinite(y)):
         msg = f"target (ra={ra}, dec={dec}) cannot be placed on the frame by its WCS"
         raise ValueError(msg)
@@ -141,7 +148,7 @@ def cutout(data, wcs, ra, dec, r, *, recenter=None, recenter_radius=5):
         raise ValueError(msg)
     if recenter == "peak":
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)  # all-NaN columns of a cube
             plane = arr if arr.ndim == 2 else np.nanmean(arr, axis=0)
         check_positive("recenter_radius", recenter_radius)
         rr = int(np.ceil(recenter_radius))
@@ -156,11 +163,9 @@ def cutout(data, wcs, ra, dec, r, *, recenter=None, recenter_radius=5):
             sky = cwcs.pixel_to_world(x, y).icrs
             ra, dec = float(sky.ra.deg), float(sky.dec.deg)
     size = 2 * n + 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # a zero-stride stand-in for the frame: Cutout2D only needs its shape for the slices and WCS
-        c2 = Cutout2D(np.broadcast_to(np.float32(0), (ny, nx)), (ix, iy), (size, size), wcs=cwcs,
-                      mode="partial", fill_value=np.nan)
+    # a zero-stride stand-in for the frame: Cutout2D only needs its shape for the slices and WCS
+    c2 = Cutout2D(np.broadcast_to(np.float32(0), (ny, nx)), (ix, iy), (size, size), wcs=cwcs,
+                  mode="partial", fill_value=np.nan)
     cut_wcs = _shift_lookup_tables(c2.wcs, (ix - n, iy - n))
     out = np.full(arr.shape[:-2] + (size, size), np.nan)
     off = np.ones((size, size), dtype=bool)
@@ -223,9 +228,7 @@ def linear_wcs_header(c):
     size = c.data.shape[-1]
     g = np.linspace(0, size - 1, min(size, 25))
     gx, gy = np.meshgrid(g, g)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        world = c.wcs.pixel_to_world(gx.ravel(), gy.ravel()).icrs
+    world = c.wcs.pixel_to_world(gx.ravel(), gy.ravel()).icrs
     xi, eta = _gnomonic(world.ra.deg, world.dec.deg, c.ra, c.dec)
     dp = np.column_stack([gx.ravel() - c.center[0], gy.ravel() - c.center[1]])
     cd, *_ = np.linalg.lstsq(dp, np.column_stack([xi, eta]), rcond=None)
@@ -241,8 +244,6 @@ def linear_wcs_header(c):
     w.wcs.pc = pc
     w.wcs.cunit = ["deg", "deg"]
     w.wcs.radesys = "ICRS"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        px, py = w.world_to_pixel(world)
+    px, py = w.world_to_pixel(world)
     dev = float(np.max(np.hypot(px - gx.ravel(), py - gy.ravel())))
     return w.to_header(), dev

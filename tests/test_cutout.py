@@ -173,10 +173,40 @@ def test_write_cutout_header_provenance_and_parent_keys(tmp_path):
     with fits.open(p) as h:
         hdr = h[0].header
         assert hdr["GSPVER"] == gsprep.__version__ and hdr["SKYORD"] == 3
-        assert hdr["RADESYS"] == "ICRS" and "EQUINOX" not in hdr or hdr.get("EQUINOX") != 1950.0
+        # the parent is FK4 (EQUINOX = 1950): the written WCS is ICRS and keeps no B1950 equinox
+        assert img.header["EQUINOX"] == 1950.0
+        assert hdr["RADESYS"] == "ICRS" and "EQUINOX" not in hdr
         assert hdr["OBJECT"] == img.header["OBJECT"]
         assert h["MASK"].data[0, 0] == 1 and h["MASK"].data.sum() == 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             x, y = WCS(hdr).world_to_pixel(SkyCoord(50.6738 * u.deg, -37.2083 * u.deg))
     assert abs(x - c.center[0]) < 0.01 and abs(y - c.center[1]) < 0.01
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"dec": 95.0}, ValueError, r"dec must be within \[-90, 90\] degrees"),
+    ({"dec": -90.5}, ValueError, r"dec must be within \[-90, 90\] degrees"),
+    ({"ra": 400.0}, ValueError, r"ra must be within \[0, 360\) degrees \(ICRS\), got 400"),
+    ({"ra": 510.1}, ValueError, r"ra must be within \[0, 360\) degrees \(ICRS\), got 510.1"),
+    ({"ra": -1.0}, ValueError, r"ra must be within \[0, 360\)"),
+    ({"ra": "150.1"}, TypeError, "ra must be a number of degrees"),
+    ({"dec": float("nan")}, ValueError, "dec must be within"),
+    ({"r": "4"}, TypeError, "r must be a positive number, got '4'"),
+    ({"r": True}, TypeError, "r must be a positive number, got True"),
+    ({"r": -3.0}, ValueError, "r must be a finite number > 0"),
+    ({"r": [4.0, 5.0] * u.arcsec}, ValueError, "r must be one angle"),
+    ({"r": 1e4}, ValueError, r"r=10000 arcsec asks for a cut of 50001 x 50001 pixels, more than twice the frame "
+                             r"\(120 x 100 pixels"),
+])
+def test_bad_arguments_are_one_clear_error_naming_the_argument(kwargs, error, match):
+    w = tan_wcs(150.1, 2.2, (100, 120), 0.4)
+    args = {"ra": 150.1, "dec": 2.2, "r": 4.0, **kwargs}
+    with pytest.raises(error, match=match):
+        gsprep.cutout(np.ones((100, 120)), w, args["ra"], args["dec"], args["r"])
+
+
+def test_largest_allowed_cut_is_made():
+    w = tan_wcs(150.1, 2.2, (100, 120), 0.4)
+    c = gsprep.cutout(np.ones((100, 120)), w, 150.1, 2.2, 120 * 0.4)
+    assert c.data.shape == (241, 241) and np.isfinite(c.data).sum() == 100 * 120
