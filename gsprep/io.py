@@ -22,7 +22,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from ._bits import MASK_BITS
 from ._checks import check_choice
 
-__all__ = ["Image", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
+__all__ = ["Image", "HeaderWarning", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
 
 UNITS = ("cR", "counts")
 
@@ -81,6 +81,56 @@ def _header_number(header, keys, path):
     return None
 
 
+class HeaderWarning(UserWarning):
+    """astropy had to fix or could not parse part of a frame's header (one warning per frame read)."""
+
+
+class _HDUError(Exception):
+    """A wrong ``hdu`` (message ready for the user)."""
+
+
+# astropy's framing lines around the real messages: not worth repeating
+_HEADER_NOISE = ("Verification reported errors:", "Note: astropy.io.fits uses zero-based indexing.")
+
+
+def _read_hdu(path, hdu):
+    """``(data, header, full_wcs)`` of one HDU; raises ``_HDUError`` for a wrong ``hdu``."""
+    with fits.open(path) as hdul:
+        images = _image_hdus(hdul)
+        where = ", ".join(f"{i} ({hdul[i].name})" for i in images) or "none"
+        try:
+            h = hdul[hdu]
+        except (IndexError, KeyError):
+            msg = f"hdu={hdu!r} not in {path!r}: it has {len(hdul)} HDUs; image HDUs: {where}"
+            raise _HDUError(msg) from None
+        if not h.is_image or h.data is None or h.data.ndim < 2:
+            msg = f"hdu={hdu!r} of {path!r} holds no 2-D or 3-D image; image HDUs: {where}"
+            raise _HDUError(msg)
+        if h.data.ndim > 3:
+            msg = f"hdu={hdu!r} of {path!r} has {h.data.ndim} axes; gsprep reads 2-D images and 3-D cubes"
+            raise _HDUError(msg)
+        header = h.header.copy()
+        data = np.array(h.data, dtype=np.float64)
+        full = WCS(header, fobj=hdul)
+    return data, header, full
+
+
+def _pass_on(caught, path):
+    """Re-issue the warnings recorded while reading ``path``; header fixes become one ``HeaderWarning``."""
+    fixes = []
+    for w in caught:
+        if issubclass(w.category, (fits.verify.VerifyWarning, FITSFixedWarning)):
+            for line in str(w.message).splitlines():
+                line = " ".join(line.split())
+                if line and line not in _HEADER_NOISE and line not in fixes:
+                    fixes.append(line)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if fixes:
+        msg = f"{path}: astropy fixed {len(fixes)} header problem(s): " + " | ".join(fixes)
+        warnings.warn(msg, HeaderWarning, stacklevel=3)
+
+
 def read_image(path, hdu=0, *, unit="cR", band=None):
     """Read one image HDU of a FITS file.
 
@@ -102,9 +152,16 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
 
     Raises
     ------
-    FileNotFoundError, ValueError
-        Missing file, HDU out of range or without image data (the message
-        names the HDUs that do hold images), no finite pixel.
+    FileNotFoundError, OSError, ValueError
+        Missing file, a file that is not FITS or is cut short (the message
+        names the path), HDU out of range or without image data (the
+        message names the HDUs that do hold images), no finite pixel.
+
+    Warns
+    -----
+    HeaderWarning
+        One warning per frame listing every header problem astropy fixed
+        (non-standard cards, WCS keywords it had to repair).
 
     Examples
     --------
@@ -117,25 +174,21 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
     if not os.path.exists(path):
         msg = f"path: no such file {path!r}"
         raise FileNotFoundError(msg)
-    with fits.open(path) as hdul:
-        images = _image_hdus(hdul)
-        where = ", ".join(f"{i} ({hdul[i].name})" for i in images) or "none"
+    if os.path.isdir(path):
+        msg = f"path: {path!r} is a folder, not a FITS file"
+        raise IsADirectoryError(msg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # recorded here and passed on below, header fixes as one warning
         try:
-            h = hdul[hdu]
-        except (IndexError, KeyError):
-            msg = f"hdu={hdu!r} not in {path!r}: it has {len(hdul)} HDUs; image HDUs: {where}"
-            raise ValueError(msg) from None
-        if not h.is_image or h.data is None or h.data.ndim < 2:
-            msg = f"hdu={hdu!r} of {path!r} holds no 2-D or 3-D image; image HDUs: {where}"
-            raise ValueError(msg)
-        if h.data.ndim > 3:
-            msg = f"hdu={hdu!r} of {path!r} has {h.data.ndim} axes; gsprep reads 2-D images and 3-D cubes"
-            raise ValueError(msg)
-        header = h.header.copy()
-        data = np.array(h.data, dtype=np.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            full = WCS(header, fobj=hdul)
+            data, header, full = _read_hdu(path, hdu)
+        except _HDUError as exc:
+            raise ValueError(str(exc)) from None
+        except (OSError, TypeError, IndexError, KeyError, EOFError, ValueError) as exc:
+            truncated = any("truncated" in str(w.message) for w in caught)
+            why = "the file is cut short (truncated)" if truncated else str(exc).split("\n")[0]
+            msg = f"path: {path!r} is not a readable FITS file: {why}"
+            raise OSError(msg) from None
+    _pass_on(caught, path)
     data[~np.isfinite(data)] = np.nan
     if not np.isfinite(data).any():
         msg = f"{path!r} hdu={hdu!r}: the image has no finite pixels (all NaN or inf)"
@@ -235,9 +288,10 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
         From :func:`gsprep.cutout`.
     mask : Mask or array
         A :class:`gsprep.Mask` (its ``bits`` go to MASKBITS) or an array,
-        nonzero / True = masked.
+        nonzero / True = masked (NaN counts as masked).
     sigma : array
-        Sigma image, same shape as ``cutout.data``.
+        Sigma image, same shape as ``cutout.data``; finite and > 0 at every
+        pixel the mask leaves good (an error otherwise: GalfitS divides by it).
     header : astropy.io.fits.Header, optional
         The parent frame's header, copied without its WCS.
     provenance : dict, optional
@@ -256,8 +310,22 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     if mask_arr.shape != shape:
         msg = f"mask has shape {mask_arr.shape} but the cutout is {shape}"
         raise ValueError(msg)
+    if mask_arr.dtype.kind not in "biuf":
+        msg = f"mask must be a boolean or numeric array (nonzero = masked), got dtype {mask_arr.dtype}"
+        raise TypeError(msg)
+    masked = mask_arr != 0  # NaN, 0.4 and 256 are masked too (a cast to uint8 would lose them)
     if sigma.shape != data.shape:
         msg = f"sigma has shape {sigma.shape} but the cutout data is {data.shape}"
+        raise ValueError(msg)
+    if sigma.dtype.kind not in "biuf":
+        msg = f"sigma must be a real numeric array, got dtype {sigma.dtype}"
+        raise TypeError(msg)
+    with np.errstate(invalid="ignore"):
+        unusable = ~masked & ~(np.isfinite(sigma) & (sigma > 0))
+    if unusable.any():
+        k = int(np.count_nonzero(unusable))
+        msg = (f"sigma is zero, negative or not finite at {k} pixel(s) that the mask leaves good; GalfitS "
+               "divides by sigma: mask those pixels or fix the sigma image")
         raise ValueError(msg)
     if bits is not None and np.shape(bits) != shape:
         msg = f"mask.bits has shape {np.shape(bits)} but the cutout is {shape}"
@@ -281,7 +349,7 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
 
     sci = fits.PrimaryHDU(data.astype(np.float32), header=hdr)
     sci.header["EXTNAME"] = "SCI"
-    mhdu = fits.ImageHDU(mask_arr.astype(np.uint8), name="MASK")
+    mhdu = fits.ImageHDU(masked.astype(np.uint8), name="MASK")
     mhdu.header["COMMENT"] = "1 = masked (excluded from the fit), 0 = good"
     shdu = fits.ImageHDU(sigma.astype(np.float32), name="SIGMA")
     hdus = [sci, mhdu, shdu]

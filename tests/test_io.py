@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -84,5 +85,83 @@ def test_strip_wcs_keeps_other_keys():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert not WCS(out).has_celestial
-    kept = [k for k in hdr if k and k not in out]
-    assert "EXPTIME" not in kept or "EXPTIME" not in hdr
+    # the fixture has no EXPTIME: add the keys a frame brings and check they survive, each with its value
+    hdr = hdr.copy()
+    hdr["EXPTIME"] = (120.5, "exposure, s")
+    hdr["GAIN"] = 2.5
+    hdr["OBJECT"] = "NGC 1316"
+    out = strip_wcs(hdr)
+    assert (out["EXPTIME"], out["GAIN"], out["OBJECT"]) == (120.5, 2.5, "NGC 1316")
+    assert out.comments["EXPTIME"] == "exposure, s"
+    assert not any(k.startswith(("CRVAL", "CRPIX", "CTYPE", "CD1_", "CPDIS", "D2IM", "NAXIS")) for k in out)
+
+
+def cut_of(shape=(21, 21)):
+    w = tan_wcs(150.1, 2.2, (60, 60), 0.4)
+    return gsprep.cutout(np.ones((60, 60)), w, 150.1, 2.2, 0.4 * (shape[0] // 2))
+
+
+@pytest.mark.parametrize("bad_value", [256, 512, 0.4, np.nan, -1, 1e-30, np.inf])
+def test_write_cutout_keeps_every_nonzero_mask_value_masked(tmp_path, bad_value):
+    c = cut_of()
+    m = np.zeros(c.data.shape, dtype=np.asarray(bad_value).dtype if not isinstance(bad_value, int) else np.int64)
+    m[3, 4] = bad_value
+    m[10, 10] = 1
+    p = tmp_path / "cut.fits"
+    gsprep.write_cutout(p, c, m, np.ones(c.data.shape))
+    with fits.open(p) as h:
+        got = h["MASK"].data
+    assert got[3, 4] == 1 and got[10, 10] == 1 and got.sum() == 2
+
+
+@pytest.mark.parametrize(("value", "where_masked"), [(0.0, False), (np.nan, False), (-1.0, False), (np.inf, False),
+                                                     (0.0, True), (np.nan, True)])
+def test_write_cutout_refuses_zero_or_nan_sigma_where_the_mask_is_good(tmp_path, value, where_masked):
+    c = cut_of()
+    sigma = np.ones(c.data.shape)
+    sigma[5, 6] = value
+    m = np.zeros(c.data.shape, bool)
+    m[5, 6] = where_masked
+    p = tmp_path / "cut.fits"
+    if where_masked:  # a masked pixel may carry any sigma: GalfitS does not use it
+        gsprep.write_cutout(p, c, m, sigma)
+        assert p.exists()
+        return
+    with pytest.raises(ValueError, match=r"sigma is zero, negative or not finite at 1 pixel\(s\) that the mask"):
+        gsprep.write_cutout(p, c, m, sigma)
+    assert not p.exists() and os.listdir(tmp_path) == []
+
+
+def test_write_cutout_refuses_a_text_mask(tmp_path):
+    c = cut_of()
+    with pytest.raises(TypeError, match="mask must be a boolean or numeric array"):
+        gsprep.write_cutout(tmp_path / "c.fits", c, np.full(c.data.shape, "x"), np.ones(c.data.shape))
+
+
+def test_read_image_names_the_path_of_a_file_that_is_not_fits(tmp_path):
+    (tmp_path / "notes.fits").write_text("these are my notes, not a FITS file\n" * 200)
+    with pytest.raises(OSError, match=r"path: '.*notes.fits' is not a readable FITS file: No SIMPLE card"):
+        gsprep.read_image(tmp_path / "notes.fits")
+    fits.PrimaryHDU(np.ones((60, 60))).writeto(tmp_path / "ok.fits")
+    (tmp_path / "cut.fits").write_bytes((tmp_path / "ok.fits").read_bytes()[:5000])
+    with pytest.raises(OSError, match=r"path: '.*cut.fits' is not a readable FITS file: the file is cut short"):
+        gsprep.read_image(tmp_path / "cut.fits")
+    (tmp_path / "empty.fits").write_bytes(b"")
+    with pytest.raises(OSError, match=r"path: '.*empty.fits' is not a readable FITS file"):
+        gsprep.read_image(tmp_path / "empty.fits")
+    with pytest.raises(IsADirectoryError, match="is a folder, not a FITS file"):
+        gsprep.read_image(tmp_path)
+
+
+def test_header_fixes_come_as_one_warning_naming_the_frame():
+    from gsprep.io import HeaderWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = gsprep.read_image(data_path("dss.14.29.56-62.41.05.fits.gz"))
+    assert img.wcs is not None
+    assert [w.category for w in caught] == [HeaderWarning]
+    msg = str(caught[0].message)
+    assert msg.startswith(data_path("dss.14.29.56-62.41.05.fits.gz") + ": astropy fixed")
+    assert "SKEW" in msg and "DATE-OBS" in msg and "zero-based indexing" not in msg
+    assert caught[0].filename == __file__  # points at the caller's line
