@@ -37,12 +37,19 @@ def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0
     Returns
     -------
     ndarray
-        Same units as ``data``; NaN where ``data`` is not finite.
+        Same units as ``data``; NaN where ``data`` is not finite, > 0
+        everywhere else.
+
+    Raises
+    ------
+    ValueError
+        ``sky`` or ``sky_rms`` not finite, ``sky_rms`` negative, or a sigma
+        of 0 (``data + sky = 0`` where ``fac2 * sky_rms**2 = 0``).
 
     Examples
     --------
-    >>> sigma_image(np.array([[100.0]]), exptime=100.0, gain=2.0, sky_rms=0.1)
-    array([[0.70710678]])
+    >>> sigma_image(np.array([[100.0]]), exptime=100.0, gain=2.0, sky_rms=0.1)   # sqrt(100 / 200 + 0.01)
+    array([[0.71414284]])
     """
     check_choice("unit", unit, ("cR", "counts"))
     arr = as_image("data", data, ndim=(2, 3), require_finite=False)
@@ -52,17 +59,41 @@ def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0
         t = 1.0
     g = check_positive("gain", gain)
     f1, f2 = check_nonnegative("fac1", fac1), check_nonnegative("fac2", fac2)
-    rms = np.asarray(sky_rms, dtype=float)
+    rms = _real_array("sky_rms", sky_rms)
     if np.any(~np.isfinite(rms)) or np.any(rms < 0):
-        msg = "sky_rms must be finite and >= 0"
+        msg = f"sky_rms must be finite and >= 0{_where(rms, ~np.isfinite(rms) | (rms < 0))}"
         raise ValueError(msg)
-    skyv = np.asarray(sky, dtype=float)
+    skyv = _real_array("sky", sky)
+    if not np.isfinite(skyv).all():
+        msg = (f"sky must be finite (the sky that was subtracted, same units as data)"
+               f"{_where(skyv, ~np.isfinite(skyv))}")
+        raise ValueError(msg)
     try:
         var = f1 * np.abs(arr + skyv) / (g * t) + f2 * rms**2
     except ValueError:
         msg = f"sky (shape {skyv.shape}) or sky_rms (shape {rms.shape}) does not match data {arr.shape}"
         raise ValueError(msg) from None
+    zero = var == 0
+    if zero.any():
+        msg = (f"sigma would be 0 at {int(zero.sum())} pixel(s) (data + sky = 0 there and fac2 * sky_rms**2 = 0); "
+               "GalfitS divides by sigma: give the background noise as sky_rms > 0")
+        raise ValueError(msg)
     return np.sqrt(var)
+
+
+def _real_array(name, value):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        msg = f"{name} must be a real number or array, got {value!r}"
+        raise TypeError(msg)
+    return arr.astype(float)
+
+
+def _where(arr, bad):
+    """`` at k of n pixels`` for an array argument, `` got <value>`` for a scalar."""
+    if arr.ndim == 0:
+        return f", got {float(arr)!r}"
+    return f" at every pixel; it is not at {int(np.count_nonzero(bad))} of {arr.size}"
 
 
 def sigma_from_weight(weight):

@@ -42,3 +42,32 @@ def test_sigma_image_bad_input():
         gsprep.sigma_image(d, exptime=1.0, sky_rms=1.0, unit="Jy")
     with pytest.raises(ValueError, match="does not match data"):
         gsprep.sigma_image(d, exptime=1.0, sky=np.ones((3, 3)), sky_rms=1.0)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"sky": np.nan}, ValueError, r"sky must be finite \(the sky that was subtracted.*got nan"),
+    ({"sky": np.array([[0.0, np.inf], [0.0, 0.0]])}, ValueError, "sky must be finite.* it is not at 1 of 4"),
+    ({"sky_rms": np.nan}, ValueError, "sky_rms must be finite and >= 0, got nan"),
+    ({"sky_rms": "0.1"}, TypeError, "sky_rms must be a real number or array"),
+    ({"sky": "1"}, TypeError, "sky must be a real number or array"),
+    ({"sky_rms": 0.0}, ValueError, r"sigma would be 0 at 2 pixel\(s\) \(data \+ sky = 0 there"),
+    ({"sky_rms": 1.0, "fac2": 0.0}, ValueError, r"sigma would be 0 at 2 pixel\(s\)"),
+])
+def test_sigma_image_never_returns_nan_or_zero_silently(kwargs, error, match):
+    d = np.array([[0.0, 4.0], [0.0, 9.0]])
+    with pytest.raises(error, match=match):
+        gsprep.sigma_image(d, exptime=1.0, **{"sky_rms": 1.0, **kwargs})
+
+
+def test_sigma_image_zero_rms_is_fine_where_data_carry_noise():
+    s = gsprep.sigma_image(np.array([[4.0, 9.0]]), exptime=1.0, sky_rms=0.0)
+    np.testing.assert_allclose(s, [[2.0, 3.0]])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import gsprep.noise
+
+    res = doctest.testmod(gsprep.noise, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"np": np})
+    assert res.attempted >= 1 and res.failed == 0
