@@ -14,10 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
+from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
 
 from ._checks import as_image, as_mask, check_nonnegative, check_positive
+
+# photutils switches a segment's deblending to "linear" where its values are not all positive and says so;
+# gsprep does not depend on the mode, so that one message is not passed on
+DEBLEND_MODE_WARNING = "The deblending mode of one or more source labels"
 
 __all__ = ["Segmentation", "detect", "grow_sources", "background_stats"]
 
@@ -126,10 +132,12 @@ def detect(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32, cont
     else:
         threshold = nsigma * rms
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        segm = detect_sources(smoothed, threshold, npixels=npixels, mask=bad)
-        if segm is not None and deblend:
-            segm = deblend_sources(smoothed, segm, npixels=npixels, nlevels=int(nlevels),
+        warnings.filterwarnings("ignore", category=NoDetectionsWarning)  # no source: handled below
+        segm = detect_sources(smoothed, threshold, npixels, mask=bad)
+    if segm is not None and deblend:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", DEBLEND_MODE_WARNING, AstropyUserWarning)
+            segm = deblend_sources(smoothed, segm, npixels, n_levels=int(nlevels),
                                    contrast=float(contrast), progress_bar=False)
     if segm is None:
         return Segmentation(np.zeros(arr.shape, dtype=np.int32), _empty_table(wcs is not None),
@@ -144,25 +152,23 @@ def source_table(data, labels, *, smoothed=None, bad=None, wcs=None):
     from photutils.segmentation import SegmentationImage
 
     segm = SegmentationImage(labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cat = SourceCatalog(np.where(bad, 0.0, data) if bad is not None else data, segm,
-                            convolved_data=smoothed, mask=bad, wcs=wcs)
-        t = Table()
-        t["label"] = np.asarray(cat.label, dtype=int)
-        t["x"] = np.asarray(cat.x_centroid, dtype=float)
-        t["y"] = np.asarray(cat.y_centroid, dtype=float)
-        if wcs is not None:
-            sky = wcs.pixel_to_world(t["x"], t["y"]).icrs
-            t["ra"] = sky.ra.deg
-            t["dec"] = sky.dec.deg
-        t["flux"] = np.asarray(cat.segment_flux, dtype=float)
-        t["area"] = np.asarray(cat.area.value, dtype=float)
-        t["a"] = np.asarray(cat.semimajor_axis.value, dtype=float)
-        t["b"] = np.asarray(cat.semiminor_axis.value, dtype=float)
-        t["theta"] = np.radians(np.asarray(cat.orientation.value, dtype=float))
-        t["peak"] = np.asarray(cat.max_value, dtype=float)
-        t["fwhm"] = np.asarray(cat.fwhm.value, dtype=float)
+    cat = SourceCatalog(np.where(bad, 0.0, data) if bad is not None else data, segm,
+                        convolved_data=smoothed, mask=bad, wcs=wcs)
+    t = Table()
+    t["label"] = np.asarray(cat.label, dtype=int)
+    t["x"] = np.asarray(cat.x_centroid, dtype=float)
+    t["y"] = np.asarray(cat.y_centroid, dtype=float)
+    if wcs is not None:
+        sky = wcs.pixel_to_world(t["x"], t["y"]).icrs
+        t["ra"] = sky.ra.deg
+        t["dec"] = sky.dec.deg
+    t["flux"] = np.asarray(cat.segment_flux, dtype=float)
+    t["area"] = np.asarray(cat.area.value, dtype=float)
+    t["a"] = np.asarray(cat.semimajor_axis.value, dtype=float)
+    t["b"] = np.asarray(cat.semiminor_axis.value, dtype=float)
+    t["theta"] = np.radians(np.asarray(cat.orientation.value, dtype=float))
+    t["peak"] = np.asarray(cat.max_value, dtype=float)
+    t["fwhm"] = np.asarray(cat.fwhm.value, dtype=float)
     a = np.nan_to_num(np.asarray(t["a"]), nan=1.0)
     b = np.nan_to_num(np.asarray(t["b"]), nan=1.0)
     q = np.clip(np.where(a > 0, b / np.where(a > 0, a, 1), 1.0), 0.05, 1.0)

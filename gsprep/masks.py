@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 from photutils.segmentation import SegmentationImage, deblend_sources
 
 from ._bits import BAD, NEIGHBOUR, OFF_FRAME, SATURATED, USER
-from ._checks import as_image, as_mask, check_positive
+from ._checks import as_image, as_mask, check_pixel, check_positive
 from .cutout import Cutout
-from .detection import detect, grow_sources, source_table
+from .detection import DEBLEND_MODE_WARNING, detect, grow_sources, source_table
 
 __all__ = ["Mask", "cutout_mask", "TargetNotFoundError"]
 
@@ -71,9 +72,9 @@ def _find_target(labels, center, radius):
 def _deblend_target(smoothed, labels, target, npixels, nlevels, contrast, center):
     only = np.where(labels == target, target, 0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        child = deblend_sources(smoothed, SegmentationImage(only), npixels=npixels,
-                                nlevels=int(nlevels), contrast=float(contrast), progress_bar=False)
+        warnings.filterwarnings("ignore", DEBLEND_MODE_WARNING, AstropyUserWarning)  # the mode does not matter here
+        child = deblend_sources(smoothed, SegmentationImage(only), npixels,
+                                n_levels=int(nlevels), contrast=float(contrast), progress_bar=False)
     kids = np.asarray(child.data)
     if len(np.unique(kids[kids > 0])) <= 1:
         return labels, target
@@ -161,7 +162,7 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
         raise ValueError(msg)
     if center is None:
         center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
-    center = tuple(float(np.ravel(c)[0]) for c in center)
+    center = check_pixel("center", center, arr.shape)
     radius = 2.0 * fwhm if target_radius is None else check_positive("target_radius", target_radius)
 
     seg = detect(arr, fwhm=fwhm, nsigma=nsigma, npixels=npixels, mask=user | off, sigma=sigma)

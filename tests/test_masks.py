@@ -148,3 +148,17 @@ def test_m13_crowded_target_elsewhere():
     tgt = m.labels == m.target_label
     ys, xs = np.nonzero(tgt)
     assert np.hypot(xs.mean() - 250, ys.mean() - 40) < 15
+
+
+@pytest.mark.parametrize(("center", "match"), [
+    (5, r"center must be a pair of numbers \(x, y\) in pixels, got 5"),
+    ((1.0, 2.0, 3.0), r"center must be a pair of numbers \(x, y\)"),
+    ("ab", r"center must be a pair of numbers \(x, y\)"),
+    ((np.nan, 10.0), r"center must be finite pixel coordinates"),
+    ((500.0, 10.0), r"center=\(x=500, y=10\) is outside the image of 41 x 41 pixels"),
+    ((10.0, -3.0), r"center=\(x=10, y=-3\) is outside the image of 41 x 41 pixels"),
+])
+def test_cutout_mask_bad_center_is_one_clear_error(center, match):
+    data = np.random.default_rng(3).normal(size=(41, 41))
+    with pytest.raises(ValueError, match=match):
+        gsprep.cutout_mask(data, fwhm=3.0, center=center)
