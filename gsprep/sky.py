@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.stats import sigma_clipped_stats
 
-from ._checks import as_mask, check_choice, check_positive
+from ._checks import as_mask, check_choice, check_integer, check_positive
 from .detection import detect, grow_sources
 
 __all__ = ["SkyFit", "sky_mask", "fit_sky", "legendre_terms"]
@@ -186,14 +186,8 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
         msg = f"data must be a real numeric array, got dtype {arr.dtype}"
         raise TypeError(msg)
     check_choice("method", method, ("poly", "median"))
-    if isinstance(order, bool) or int(order) != order or order < 0 or order > 12:
-        msg = f"order must be an integer between 0 and 12, got {order!r}"
-        raise ValueError(msg)
-    order = int(order)
-    nclip = int(nclip)
-    if nclip < 0:
-        msg = f"nclip must be >= 0, got {nclip}"
-        raise ValueError(msg)
+    order = check_integer("order", order, lower=0, upper=12)
+    nclip = check_integer("nclip", nclip, lower=0)
     clip = check_positive("clip_sigma", clip_sigma)
     stack = arr[None] if arr.ndim == 2 else arr
     if mask is None:

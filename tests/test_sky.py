@@ -111,3 +111,24 @@ def test_sky_mask_grows_with_source_size(rng):
     assert tight.sum() < m.sum()
     grown = gsprep.sky_mask(frame, fwhm=3.0, addgrow=5)
     assert grown.sum() > m.sum()
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"order": None}, TypeError, "order must be an integer between 0 and 12, got None"),
+    ({"order": 2.5}, ValueError, "order must be an integer between 0 and 12, got 2.5"),
+    ({"order": "3"}, TypeError, "order must be an integer between 0 and 12, got '3'"),
+    ({"order": True}, TypeError, "order must be an integer between 0 and 12, got True"),
+    ({"order": 13}, ValueError, "order must be an integer between 0 and 12, got 13"),
+    ({"nclip": 2.7}, ValueError, "nclip must be an integer >= 0, got 2.7"),
+    ({"nclip": -1}, ValueError, "nclip must be an integer >= 0, got -1"),
+    ({"nclip": None}, TypeError, "nclip must be an integer >= 0, got None"),
+    ({"clip_sigma": "3"}, TypeError, "clip_sigma must be a positive number"),
+])
+def test_fit_sky_bad_arguments_name_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gsprep.fit_sky(np.ones((20, 20)), **kwargs)
+
+
+def test_fit_sky_accepts_whole_floats():
+    fit = gsprep.fit_sky(np.ones((20, 20)), order=1.0, nclip=2.0)
+    assert fit.order == 1 and isinstance(fit.order, int)
