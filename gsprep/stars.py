@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import astropy.units as u
@@ -18,7 +17,16 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.time import Time
 
-from ._checks import as_image, as_mask, check_nonnegative, check_positive
+from ._checks import (
+    as_image,
+    as_mask,
+    check_columns,
+    check_integer,
+    check_nonnegative,
+    check_number,
+    check_positive,
+    check_ra_dec,
+)
 from .detection import detect
 
 __all__ = [
@@ -41,10 +49,7 @@ GAIA_COLUMNS = ("source_id", "ra", "dec", "pmra", "pmdec", "ref_epoch", "phot_g_
 
 
 def _check_size(name, size, shape=None):
-    if isinstance(size, bool) or int(size) != size or size < 3 or size % 2 == 0:
-        msg = f"{name} must be an odd integer >= 3 (pixels), got {size!r}"
-        raise ValueError(msg)
-    size = int(size)
+    size = check_integer(name, size, lower=3, odd=True)
     if shape is not None and size > min(shape):
         msg = f"{name}={size} is larger than the frame ({shape[1]} x {shape[0]} pixels)"
         raise ValueError(msg)
@@ -286,9 +291,7 @@ def gaia_stars(ra, dec, radius, *, cache=None, columns=GAIA_COLUMNS, refresh=Fal
     if path is not None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + f".{os.getpid()}.tmp"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            table.write(tmp, format="ascii.ecsv", overwrite=True)
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
         os.replace(tmp, path)
     return table
 
@@ -418,16 +421,49 @@ class StarCriteria:
     starcord_list: tuple | None = None
 
     def __post_init__(self):
-        check_nonnegative("flux_threshold", self.flux_threshold)
-        if not 0 <= self.q_min <= 1:
-            msg = f"q_min must be within [0, 1], got {self.q_min!r}"
-            raise ValueError(msg)
-        check_positive("fwhm_nsigma", self.fwhm_nsigma)
-        check_positive("fwhm_max", self.fwhm_max, allow_none=True)
-        _check_size("size", self.size)
-        check_nonnegative("isolate", self.isolate)
-        check_nonnegative("central_tol", self.central_tol)
-        check_positive("gaia_radius", self.gaia_radius, allow_none=True)
+        # checked and normalised here, so a bad value fails where it is given, not later in select_stars
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("flux_threshold", check_nonnegative("flux_threshold", self.flux_threshold))
+        put("q_min", check_number("q_min", self.q_min, lower=0.0, upper=1.0))
+        put("fwhm_nsigma", check_positive("fwhm_nsigma", self.fwhm_nsigma))
+        put("fwhm_max", check_positive("fwhm_max", self.fwhm_max, allow_none=True))
+        put("size", _check_size("size", self.size))
+        put("isolate", check_nonnegative("isolate", self.isolate))
+        put("central_tol", check_integer("central_tol", self.central_tol, lower=0))
+        put("drop", _star_ids(self.drop))
+        put("gaia_radius", check_positive("gaia_radius", self.gaia_radius, allow_none=True))
+        put("starcord_list", _star_positions(self.starcord_list))
+
+
+def _star_ids(drop):
+    """``drop`` as a tuple of ints: a sequence of star ids, not one number or a string."""
+    msg = f"drop must be a sequence of star ids (integers), e.g. (3, 17), got {drop!r}"
+    if isinstance(drop, (str, bytes)) or not np.iterable(drop):
+        raise TypeError(msg)
+    try:
+        return tuple(check_integer("drop", v) for v in drop)
+    except (TypeError, ValueError):
+        raise TypeError(msg) from None
+
+
+def _star_positions(coords):
+    """``starcord_list`` as a tuple of ``(ra, dec)`` pairs in range, or None."""
+    if coords is None:
+        return None
+    msg = f"starcord_list must be a sequence of (ra, dec) pairs in degrees, got {coords!r}"
+    if isinstance(coords, (str, bytes)) or not np.iterable(coords):
+        raise TypeError(msg)
+    out = []
+    for pair in coords:
+        if isinstance(pair, (str, bytes)) or not np.iterable(pair) or len(pair) != 2:
+            raise TypeError(msg)
+        out.append(check_ra_dec(*pair, names=("starcord_list ra", "starcord_list dec")))
+    if not out:
+        msg = "starcord_list is empty: give at least one (ra, dec) pair, or None"
+        raise ValueError(msg)
+    return tuple(out)
 
 
 class NoStarsError(ValueError):
@@ -438,6 +474,7 @@ class NoStarsError(ValueError):
         self.table = table
 
 
+SELECT_COLUMNS = ("id", "flux", "q", "fwhm", "isolation", "central_bad")
 STAGES = ("detected", "reference", "flux", "shape", "fwhm", "isolation", "edge", "central", "drop")
 
 
@@ -474,6 +511,10 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
     if not isinstance(crit, StarCriteria):
         msg = f"criteria must be a StarCriteria, got {type(crit).__name__}"
         raise TypeError(msg)
+    if not isinstance(catalog, Table):
+        msg = f"catalog must be an astropy Table (from find_stars), got {type(catalog).__name__}"
+        raise TypeError(msg)
+    check_columns("catalog", catalog, SELECT_COLUMNS, what="select_stars needs the measurements of find_stars")
     if len(catalog) == 0:
         msg = "catalog is empty: no sources were detected to select PSF stars from"
         raise ValueError(msg)
