@@ -21,6 +21,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import logging
 import os
 import re
 import shutil
@@ -355,18 +356,35 @@ class BatchResult:
 
 @contextlib.contextmanager
 def _lock(out_dir):
+    """Hold ``out_dir``'s lock file (``host:pid``) while a batch writes there.
+
+    A lock left by a dead process on this host is stale and taken over.  A
+    lock held on another host is never taken over: this host cannot tell
+    whether that batch still runs (a cluster's shared file system), so the
+    run is refused with a message naming the host and the file to delete.
+    """
     path = os.path.join(out_dir, LOCK)
-    me = f"{socket.gethostname()}:{os.getpid()}"
+    here = socket.gethostname()
+    me = f"{here}:{os.getpid()}"
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         with open(path) as f:
             holder = f.read().strip()
-        host, _, pid = holder.partition(":")
-        if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+        host, _, pid = holder.rpartition(":")
+        if not host or not pid.isdigit():
+            msg = (f"out_dir: {out_dir!r} is locked by a gsprep batch whose lock file {path!r} names no host "
+                   f"({holder!r}); if no batch is writing there, delete that file and run again")
+            raise RuntimeError(msg) from None
+        if host != here:
+            msg = (f"out_dir: {out_dir!r} is locked by a gsprep batch on host {host} (pid {pid}); this host "
+                   f"({here}) cannot tell whether it still runs. If no batch runs there any more, delete "
+                   f"{path!r} and run again")
+            raise RuntimeError(msg) from None
+        if _alive(int(pid)):
             msg = f"out_dir: another gsprep batch ({holder}) is writing to {out_dir!r}"
             raise RuntimeError(msg) from None
-        os.remove(path)  # left by a run that was killed
+        os.remove(path)  # left by a run on this host that was killed
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     with os.fdopen(fd, "w") as f:
         f.write(me)
@@ -387,19 +405,22 @@ def _alive(pid):
     return True
 
 
-def _start_client(scheduler, workers):
+def _start_client(scheduler, workers, dask_logs=logging.CRITICAL):
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
     n = int(workers) if workers else max(1, min(os.cpu_count() or 1, 4))
+    # the local cluster's own logs (cancelled tasks, lost heartbeats on Ctrl-C, ...) stay quiet unless asked
+    # for: every target's failure is in the manifest already
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+                           env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, silence_logs=dask_logs)
     return Client(cluster), cluster
 
 
 def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=None, figures=True,
-              retry_failed=True, progress=None, targets_dir=None, compile_cache="default"):
+              retry_failed=True, progress=None, targets_dir=None, compile_cache="default",
+              dask_logs=logging.CRITICAL):
     """Prepare many targets on Dask, resumably; returns a :class:`BatchResult`.
 
     Parameters
@@ -439,6 +460,17 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         Folder for JAX's persistent compilation cache, shared by the workers
         (default ``out_dir/.gsprep-jax-cache``; None: no cache).  A worker
         then compiles the PSF fit in about 3 s instead of about 10 s.
+    dask_logs : int
+        Logging level of the local cluster Dask starts (default
+        ``logging.CRITICAL``: quiet, since every failure is in the manifest;
+        ``logging.WARNING`` is Dask's own default).
+
+    Raises
+    ------
+    RuntimeError
+        Another batch holds ``out_dir``'s lock: a live process on this host,
+        or any process on another host (delete the lock file named in the
+        message once no batch runs there).
     """
     t0 = time.perf_counter()
     if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
@@ -473,7 +505,7 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         records = []
         if todo:
             records = _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status,
-                           len(configs), progress)
+                           len(configs), progress, dask_logs)
         _compact(out_dir)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(out_dir, PARTIAL))
@@ -483,12 +515,13 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
                        elapsed_s=time.perf_counter() - t0, records=tuple(records))
 
 
-def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status, total, progress):
+def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status, total, progress,
+         dask_logs):
     from dask.distributed import as_completed
 
     made, cluster = client is None, None
     if made:
-        client, cluster = _start_client(scheduler, workers)
+        client, cluster = _start_client(scheduler, workers, dask_logs)
     records = []
     counts = collections.Counter(status.values())  # kept up to date: no pass over every target per result
     try:

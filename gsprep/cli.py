@@ -26,7 +26,8 @@ def cmd_prepare(args):
     config = load_config(args.config)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.config)), f"{config.name}-gsprep")
     t0 = time.perf_counter()
-    run = run_target(config, out, figures=not args.no_figures, progress=lambda m: _say(args, m))
+    run = run_target(config, out, figures=not args.no_figures, progress=lambda m: _say(args, m),
+                     overwrite=args.overwrite)
     for band in config.bands:
         if band in run.errors:
             _say(args, f"{band}: skipped: {run.errors[band]}")
@@ -35,25 +36,69 @@ def cmd_prepare(args):
             npsf = int((p.psf.flags == 0).sum()) if p.psf is not None else 0
             _say(args, f"{band}: cutout {p.cutout.data.shape[-1]} px, {p.mask.mask.mean():.0%} masked, "
                        f"{p.mask.n_neighbours} neighbours, PSF from {npsf} stars")
-    _say(args, f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-    return 0 if len(run.errors) < len(config.bands) else 1
+    if len(run.errors) == len(config.bands):
+        print(f"gsprep: error: every band failed ({len(config.bands)} of {len(config.bands)}); "
+              f"nothing written to {out}", file=sys.stderr, flush=True)
+        return 1
+    failed = f" ({len(run.errors)} of {len(config.bands)} bands failed)" if run.errors else ""
+    _say(args, f"wrote {out} in {time.perf_counter() - t0:.1f} s{failed}")
+    return 0 if not run.errors else 1
+
+
+def _check_psf_args(args):
+    """Every ``gsprep psf`` option checked before any work; errors name the flag."""
+    from ._checks import check_integer, check_number, check_positive
+
+    check_positive("--fwhm", args.fwhm)
+    check_integer("--size", args.size, lower=3, odd=True)
+    check_integer("--oversampling", args.oversampling, lower=1, upper=16)
+    check_positive("--nsigma", args.nsigma)
+    check_integer("--npixels", args.npixels, lower=1)
+    check_number("--q-min", args.q_min, lower=0.0, upper=1.0)
+    check_number("--isolate", args.isolate, lower=0.0)
+    check_integer("--sky-order", args.sky_order, lower=0, upper=12)
+    check_positive("--match-radius", args.match_radius, allow_none=True)
+    check_positive("--exptime", args.exptime, allow_none=True)
+    check_positive("--gain", args.gain, allow_none=True)
+    if args.stars and args.gaia:
+        msg = "give --stars FILE or --gaia, not both"
+        raise ValueError(msg)
+    for name, path in (("IMAGE", args.image), ("--stars", args.stars)):
+        if path and not os.path.isfile(path):
+            msg = f"{name}: no such file {path!r}"
+            raise FileNotFoundError(msg)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        msg = f"--out: folder {folder!r} does not exist"
+        raise FileNotFoundError(msg)
+    if os.path.exists(args.out) and not args.overwrite:
+        msg = f"--out: {args.out!r} exists; add --overwrite to replace it"
+        raise FileExistsError(msg)
 
 
 def cmd_psf(args):
     from astropy.table import Table
 
-    from .epsf import fit_epsf
+    from .psf import fit_epsf
     from .io import read_image, write_psf
     from .noise import sigma_image
     from .sky import fit_sky, sky_mask
     from .stars import StarCriteria, extract_stamps, find_stars, select_stars
 
+    _check_psf_args(args)
     img = read_image(args.image, args.hdu, unit=args.unit)
+    exptime = args.exptime or img.exptime
+    if args.unit == "cR" and exptime is None:
+        msg = (f"{args.image}: no EXPTIME in the header and count-rate data need one; give --exptime SECONDS "
+               "(or --unit counts for data in counts)")
+        raise ValueError(msg)
+    if img.wcs is None and (args.stars or args.gaia):
+        msg = f"{args.image}: the frame has no celestial WCS, so --stars/--gaia cannot be matched to it"
+        raise ValueError(msg)
     _say(args, f"{args.image}: sky")
     sky = fit_sky(img.data, sky_mask(img.data, fwhm=args.fwhm), order=args.sky_order)
     clean = img.data - sky.background
-    exptime = img.exptime or 1.0
-    sigma = sigma_image(clean, exptime=exptime, gain=img.gain or 1.0, sky=0.0, sky_rms=sky.rms,
+    sigma = sigma_image(clean, exptime=exptime, gain=args.gain or img.gain or 1.0, sky=0.0, sky_rms=sky.rms,
                         unit=args.unit)
     cat, seg = find_stars(clean, fwhm=args.fwhm, nsigma=args.nsigma, npixels=args.npixels, wcs=img.wcs,
                           size=args.size, return_segmentation=True)
@@ -95,8 +140,11 @@ def cmd_batch(args):
 
     _say(args, f"gsprep batch: {args.targets} -> {args.out}"
                + (f" on {args.scheduler}" if args.scheduler else f" ({args.workers or 'auto'} local workers)"))
+    import logging
+
     res = run_batch(args.targets, args.config, args.out, scheduler=args.scheduler, workers=args.workers,
-                    figures=not args.no_figures, retry_failed=not args.skip_failed, progress=show)
+                    figures=not args.no_figures, retry_failed=not args.skip_failed, progress=show,
+                    dask_logs=logging.WARNING if args.debug else logging.CRITICAL)
     rate = f", {res.targets_per_minute:.1f} targets/min" if res.ran else ""
     print(f"gsprep batch: {res.total} targets: {res.done} done, {res.failed} failed; ran {res.ran} "
           f"in {res.elapsed_s:.0f} s{rate}; {res.skipped} already finished; manifest {res.manifest}", flush=True)
@@ -130,7 +178,7 @@ def cmd_demo(args):
     images = {b: read_image(s.file, s.hdu, band=b) for b, s in config.bands.items()}
     t0 = time.perf_counter()
     products = prepare_target(images, config.ra, config.dec, config, progress=lambda m: _say(args, m))
-    write_products(products, config, images, out, figures=not args.no_figures)
+    write_products(products, config, images, out, figures=not args.no_figures, overwrite=True)
     print(f"{'band':<5} {'FWHM':>5} {'cutout':>7} {'masked':>7} {'PSF stars':>9} {'PSF rms err':>12} {'PSF max err':>12}")
     for band, p in products.items():
         if p.error:
@@ -150,43 +198,56 @@ def cmd_demo(args):
     return 0
 
 
+def _common():
+    """Flags every subcommand takes after its name too (``gsprep psf ... --debug``)."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks and every warning")
+    c.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines")
+    return c
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="gsprep",
         description="Prepare astronomical images (sky, cutouts, sigma, masks, PSFs) for GalfitS.",
     )
     p.add_argument("--version", action="version", version=f"gsprep {__version__}")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and every warning")
     sub = p.add_subparsers(dest="command", title="commands")
+    common = [_common()]
 
-    pr = sub.add_parser("prepare", help="prepare one target in every band of a TOML config")
+    pr = sub.add_parser("prepare", parents=common, help="prepare one target in every band of a TOML config")
     pr.add_argument("config", help="TOML file (see docs/guide.md)")
     pr.add_argument("--out", help="output folder (default: <name>-gsprep next to the config)")
+    pr.add_argument("--overwrite", action="store_true", help="replace products already in the output folder")
     pr.add_argument("--no-figures", action="store_true")
-    pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_prepare)
 
-    ps = sub.add_parser("psf", help="build an empirical PSF from the stars of one frame")
-    ps.add_argument("image")
+    ps = sub.add_parser("psf", parents=common, help="build an empirical PSF from the stars of one frame")
+    ps.add_argument("image", help="FITS frame")
     ps.add_argument("--fwhm", type=float, required=True, help="PSF FWHM guess, pixels")
     ps.add_argument("--out", required=True, help="PSF FITS file to write")
-    ps.add_argument("--hdu", type=int, default=0)
-    ps.add_argument("--unit", default="cR", choices=["cR", "counts"])
+    ps.add_argument("--hdu", type=int, default=0, help="HDU of the image (default %(default)s)")
+    ps.add_argument("--unit", default="cR", choices=["cR", "counts"], help="count rate (counts/s) or counts (default %(default)s)")
+    ps.add_argument("--exptime", type=float, default=None,
+                    help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")
+    ps.add_argument("--gain", type=float, default=None, help="e-/ADU (default: GAIN from the header, else 1)")
     ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec) to match")
     ps.add_argument("--gaia", action="store_true", help="match against Gaia DR3 (network, cached)")
-    ps.add_argument("--match-radius", type=float, default=None, help="arcsec (default 1.5 x FWHM)")
-    ps.add_argument("--size", type=int, default=25, help="stamp size, pixels (odd)")
-    ps.add_argument("--oversampling", type=int, default=2)
-    ps.add_argument("--nsigma", type=float, default=5.0)
-    ps.add_argument("--npixels", type=int, default=10)
-    ps.add_argument("--q-min", type=float, default=0.8)
-    ps.add_argument("--isolate", type=float, default=0.1)
-    ps.add_argument("--sky-order", type=int, default=2)
-    ps.add_argument("--overwrite", action="store_true")
-    ps.add_argument("--quiet", action="store_true")
+    ps.add_argument("--match-radius", type=float, default=None, help="reference match radius, arcsec (default 1.5 x FWHM)")
+    ps.add_argument("--size", type=int, default=25, help="stamp size, pixels, odd (default %(default)s)")
+    ps.add_argument("--oversampling", type=int, default=2, help="PSF sub-pixels per pixel (default %(default)s)")
+    ps.add_argument("--nsigma", type=float, default=5.0, help="star detection threshold, x noise (default %(default)s)")
+    ps.add_argument("--npixels", type=int, default=10, help="minimum connected pixels of a star (default %(default)s)")
+    ps.add_argument("--q-min", type=float, default=0.8, help="minimum axis ratio of a PSF star (default %(default)s)")
+    ps.add_argument("--isolate", type=float, default=0.1,
+                    help="largest fraction of a stamp's source flux from other sources (default %(default)s)")
+    ps.add_argument("--sky-order", type=int, default=2, help="Legendre order of the sky fit (default %(default)s)")
+    ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ps.set_defaults(func=cmd_psf)
 
-    bt = sub.add_parser("batch", help="prepare many targets on Dask (resumable; see docs/guide.md)")
+    bt = sub.add_parser("batch", parents=common, help="prepare many targets on Dask (resumable; see docs/guide.md)")
     bt.add_argument("targets", help="targets table (CSV/ECSV) with name, ra, dec [, r, file_<band>]")
     bt.add_argument("--config", required=True, help="bands TOML; band files may be templates like frames/{name}_g.fits")
     bt.add_argument("--out", required=True, help="output folder: <name>/ per target and manifest.csv")
@@ -194,30 +255,96 @@ def build_parser():
     bt.add_argument("--workers", type=int, help="local worker processes (default: cores, at most 4)")
     bt.add_argument("--skip-failed", action="store_true", help="do not retry targets that failed before")
     bt.add_argument("--no-figures", action="store_true")
-    bt.add_argument("--quiet", action="store_true", help="no per-target lines (the summary is still printed)")
     bt.set_defaults(func=cmd_batch)
 
-    dm = sub.add_parser("demo", help="run the whole pipeline on a generated 3-band field")
+    dm = sub.add_parser("demo", parents=common, help="run the whole pipeline on a generated 3-band field")
     dm.add_argument("--out", default="gsprep-demo")
     dm.add_argument("--no-figures", action="store_true")
-    dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
     return p
 
 
+# Python advice in library messages, restated for the command line (pattern -> replacement)
+_CLI_WORDS = (
+    (r"pass overwrite=True", "add --overwrite"),
+    (r"gsprep\.crossmatch / select_stars\(reference=\.\.\.\)", "gsprep psf --stars FILE"),
+    (r"\bworkers must be\b", "--workers must be"),
+    (r"^out_dir: ", "--out: "),
+)
+
+# warnings about the frames' headers: summed up in one line (each in full with --debug)
+_HEADER_WARNINGS = ("HeaderWarning", "FITSFixedWarning", "VerifyWarning")
+
+
+def _cli_message(text):
+    import re
+
+    for pattern, repl in _CLI_WORDS:
+        text = re.sub(pattern, repl, text)
+    return " ".join(str(text).split())
+
+
+class _Warnings:
+    """Show warnings as one line each (``gsprep: warning: ...``); header fixes only counted unless ``debug``."""
+
+    def __init__(self, debug):
+        self.debug = debug
+        self.header = []
+        self.seen = set()
+
+    def show(self, message, category, filename, lineno, file=None, line=None):
+        if self.debug:
+            print(f"gsprep: warning: {category.__name__}: {message} ({filename}:{lineno})", file=sys.stderr,
+                  flush=True)
+            return
+        text = _cli_message(str(message))
+        if category.__name__ in _HEADER_WARNINGS:
+            self.header.append(text)
+        elif text not in self.seen:
+            self.seen.add(text)
+            print(f"gsprep: warning: {text}", file=sys.stderr, flush=True)
+
+    def summary(self):
+        if self.header and not self.debug:
+            n = len(self.header)
+            print(f"gsprep: note: astropy fixed or flagged the headers of the frames ({n} warning{'s' * (n > 1)}); "
+                  "--debug shows them", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    args.quiet = getattr(args, "quiet", False)
     if args.command is None:
         parser.print_help()
         return 0
+    shown = _Warnings(args.debug)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # a command line shows every warning once, as one line (deprecations only with --debug)
+            warnings.simplefilter("default")
+            if not args.debug:
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+            warnings.showwarning = shown.show
+            return args.func(args)
+    except KeyboardInterrupt:
+        if args.command == "batch":
+            msg = "gsprep: interrupted; finished targets are kept: run the same command again to resume"
+        else:
+            msg = "gsprep: interrupted; nothing half-written was left"
+        print(msg, file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:  # one clear line, not a traceback, unless --debug
         if args.debug:
             raise
-        print(f"gsprep: error: {exc}", file=sys.stderr)
+        print(f"gsprep: error: {_cli_message(str(exc))}", file=sys.stderr)
         return 2
+    finally:
+        shown.summary()
 
 
 if __name__ == "__main__":

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 from astropy.table import Table
 
-from ._checks import check_positive
+from ._checks import check_choice, check_integer, check_nonnegative, check_number, check_positive, check_ra_dec
 from .cutout import Cutout, cutout
-from .epsf import EPSFResult, fit_epsf
+from .psf import EPSFResult, fit_epsf
 from .io import Image, atomic_write, read_image, write_cutout, write_psf
-from .masks import Mask, cutout_mask
+from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_image
 from .sky import SkyFit, fit_sky, sky_mask
 from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
 
 __all__ = ["BandSpec", "PrepareConfig", "BandProducts", "TargetRun", "load_config", "read_bands", "prepare_band",
-           "prepare_target", "write_products", "run_target", "galfits_block"]
+           "prepare_target", "write_products", "run_target", "galfits_block", "product_paths", "check_out_dir"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class PrepareConfig:
     stamp_size: int = 25
     oversampling: int = 2
     psf: bool = True
+    require_target: bool = True
     criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
 
 
@@ -151,16 +152,71 @@ def load_config(path, *, batch=False):
             msg = f"config: [bands.{name}] needs file and fwhm (pixels)"
             raise ValueError(msg)
         spec = dict(spec)
+        if not isinstance(spec["file"], str):
+            msg = f"config: [bands.{name}] file must be a path (a string), got {spec['file']!r}"
+            raise ValueError(msg)
         if not os.path.isabs(spec["file"]):
             spec["file"] = os.path.join(here, spec["file"])
-        bands[name] = BandSpec(**spec)
-    if "drop" in crit:
-        crit["drop"] = tuple(crit["drop"])
-    if "starcord_list" in crit:
-        crit["starcord_list"] = tuple(tuple(c) for c in crit["starcord_list"])
-    r = float(target["r"]) if batch and np.isnan(float(target["r"])) else check_positive("r", target["r"])
-    return PrepareConfig(name=str(target.get("name", "target")), ra=float(target["ra"]), dec=float(target["dec"]),
-                         r=r, bands=bands, criteria=StarCriteria(**crit), **options)
+        bands[name] = _in_section(f"bands.{name}", lambda spec=spec: _checked_band(BandSpec(**spec)))
+    options = _in_section("options", lambda: _checked_options(options))
+    criteria = _in_section("criteria", lambda: StarCriteria(**crit))
+    if batch:
+        r = target["r"]
+        r = float(r) if isinstance(r, float) and np.isnan(r) else _in_section("target", lambda: check_positive("r", r))
+        ra = dec = float("nan")
+    else:
+        r = _in_section("target", lambda: check_positive("r", target["r"]))
+        ra, dec = _in_section("target", lambda: check_ra_dec(target["ra"], target["dec"]))
+    return PrepareConfig(name=str(target.get("name", "target")), ra=ra, dec=dec, r=r, bands=bands,
+                         criteria=criteria, **options)
+
+
+def _in_section(section, make):
+    """``make()``, its argument errors restated as ``config: [section] ...`` (they name the TOML key)."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        msg = f"config: [{section}] {exc}"
+        raise ValueError(msg) from None
+
+
+_OPTION_CHECKS = {
+    "sky_order": lambda v: check_integer("sky_order", v, lower=0, upper=12),
+    "sky_nsigma": lambda v: check_positive("sky_nsigma", v),
+    "mask_nsigma": lambda v: check_positive("mask_nsigma", v),
+    "mask_npixels": lambda v: check_integer("mask_npixels", v, lower=1),
+    "max_grow": lambda v: check_nonnegative("max_grow", v),
+    "addgrow": lambda v: check_nonnegative("addgrow", v),
+    "star_nsigma": lambda v: check_positive("star_nsigma", v),
+    "star_npixels": lambda v: check_integer("star_npixels", v, lower=1),
+    "stamp_size": lambda v: check_integer("stamp_size", v, lower=3, odd=True),
+    "oversampling": lambda v: check_integer("oversampling", v, lower=1, upper=16),
+}
+
+
+def _checked_options(options):
+    out = {}
+    for key, value in options.items():
+        if key in _OPTION_CHECKS:
+            out[key] = _OPTION_CHECKS[key](value)
+        elif isinstance(value, bool):  # deblend, psf, require_target
+            out[key] = value
+        else:
+            msg = f"{key} must be true or false, got {value!r}"
+            raise TypeError(msg)
+    return out
+
+
+def _checked_band(spec):
+    """A band's values checked (the TOML keys are the field names)."""
+    check_positive("fwhm", spec.fwhm)
+    check_choice("unit", spec.unit, ("cR", "counts"))
+    if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
+        msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
+        raise TypeError(msg)
+    return dataclasses.replace(spec, fwhm=float(spec.fwhm), exptime=check_positive("exptime", spec.exptime, allow_none=True),
+                               gain=check_positive("gain", spec.gain, allow_none=True),
+                               zeropoint=check_number("zeropoint", spec.zeropoint, allow_none=True))
 
 
 def _sub(arr, cut):
@@ -183,7 +239,8 @@ def _band_inputs(image, spec, band):
     exptime = spec.exptime or image.exptime
     gain = spec.gain or image.gain or 1.0
     if spec.unit == "cR" and exptime is None:
-        msg = f"band {band}: no EXPTIME in the header; give exptime in the band's config"
+        msg = (f"band {band}: no EXPTIME in the header of its frame and count-rate data need one; give "
+               f'exptime = SECONDS in [bands.{band}] of the config (or unit = "counts" for data in counts)')
         raise ValueError(msg)
     return exptime, gain
 
@@ -200,9 +257,15 @@ def _band_after_sky(image, ra, dec, config, spec, sky, exptime, gain, band):
     # not added to the source term again
     sig_full = sigma_image(clean, exptime=exptime, gain=gain, sky=0.0, sky_rms=sky.rms, unit=spec.unit)
     sig = _sub(sig_full, cut)
-    mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
-                       deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
-                       bad=~np.isfinite(sig))
+    try:
+        mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
+                           deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
+                           bad=~(sig > 0), require_target=config.require_target)
+    except TargetNotFoundError:
+        msg = (f"the target was not detected at the centre of the cutout (mask_nsigma={config.mask_nsigma:g}, "
+               f"mask_npixels={config.mask_npixels}); lower mask_nsigma or mask_npixels in [options] of the "
+               "config, or set require_target = false there to mask every detected source and go on")
+        raise TargetNotFoundError(msg) from None
     stars = stamps = None
     if config.psf:
         cat, seg = find_stars(clean, fwhm=spec.fwhm, nsigma=config.star_nsigma, npixels=config.star_npixels,
@@ -394,13 +457,44 @@ def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=N
     ])
 
 
-def write_products(products, config, images, out_dir, *, figures=True, overwrite=True):
+def product_paths(config, out_dir, *, figures=True):
+    """Every file ``write_products`` may write for ``config`` in ``out_dir`` (whether or not it exists)."""
+    stem = os.path.join(out_dir, config.name)
+    paths = [f"{stem}_images.lyric"]
+    if figures:
+        paths.append(f"{stem}_psfs.png")
+    for band in config.bands:
+        paths += [f"{stem}_{band}.fits", f"{stem}_{band}_psf.fits"]
+        if figures:
+            paths += [f"{stem}_{band}_{fig}.png" for fig in ("sky", "cutout", "funnel", "stars", "psf")]
+    return paths
+
+
+def check_out_dir(config, out_dir, *, figures=True, overwrite=False):
+    """Refuse, before any work, an ``out_dir`` that already holds products of this target (unless ``overwrite``)."""
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        msg = f"out: {out_dir!r} exists and is not a folder"
+        raise NotADirectoryError(msg)
+    if overwrite:
+        return
+    there = [os.path.basename(p) for p in product_paths(config, out_dir, figures=figures) if os.path.exists(p)]
+    if there:
+        more = f" and {len(there) - 3} more" if len(there) > 3 else ""
+        msg = (f"out: {out_dir!r} already holds products of {config.name} ({', '.join(there[:3])}{more}); "
+               "pass overwrite=True to replace them")
+        raise FileExistsError(msg)
+
+
+def write_products(products, config, images, out_dir, *, figures=True, overwrite=False):
     """Write per band the cutout file, PSF file, figures, and the GalfitS image blocks.
 
     Returns a dict band -> list of written paths (or the band's error), and
     writes ``<name>_images.lyric`` with the image blocks of the bands that
-    were prepared.
+    were prepared.  Existing products are kept (``FileExistsError``) unless
+    ``overwrite``.
     """
+    check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     blocks = []
@@ -471,14 +565,17 @@ class TargetRun:
         return not self.errors
 
 
-def run_target(config, out_dir, *, figures=True, progress=None, overwrite=True):
+def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False):
     """Read every band's frame, prepare the target and write its products to ``out_dir``.
 
     This is ``gsprep prepare`` as a function (``gsprep batch`` runs it once
     per target).  Bands that fail (unreadable frame, target off the frame, no
     PSF star, ...) are listed in ``errors`` (band -> message, in config
-    order) and the other bands are still written.
+    order) and the other bands are still written.  An ``out_dir`` that
+    already holds this target's products is refused before any work unless
+    ``overwrite``.
     """
+    check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
     images, read_errors = read_bands(config)
     products = prepare_target(images, config.ra, config.dec, config, progress=progress) if images else {}
     written = write_products(products, config, images, out_dir, figures=figures, overwrite=overwrite)

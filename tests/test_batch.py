@@ -252,3 +252,31 @@ def test_second_batch_on_the_same_folder_is_refused(tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert main(["batch", str(targets), "--config", str(bands), "--out", str(out), "--workers", "0"]) == 2
+
+
+@pytest.mark.parametrize("holder", ["node17.cluster:4242", "node17.cluster:1"])
+def test_a_lock_held_on_another_host_is_refused_not_taken_over(tmp_path, capsys, holder):
+    targets, bands = make_targets(tmp_path, n=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / batch.LOCK
+    lock.write_text(holder)  # pid 1 is alive here, 4242 may not be: neither may matter for another host
+    with pytest.raises(RuntimeError, match=rf"locked by a gsprep batch on host node17.cluster \(pid {holder[15:]}\)"
+                                           rf".*delete '{lock}' and run again"):
+        run_batch(targets, bands, out, workers=1)
+    assert lock.read_text() == holder and sorted(os.listdir(out)) == [batch.LOCK]
+    assert main(["batch", str(targets), "--config", str(bands), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gsprep: error: --out: ") and "on host node17.cluster" in err[0]
+    assert lock.read_text() == holder
+
+
+def test_a_stale_lock_on_this_host_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / batch.LOCK).write_text(f"{socket.gethostname()}:{dead.pid}")
+    with batch._lock(str(out)):
+        assert (out / batch.LOCK).read_text() == f"{socket.gethostname()}:{os.getpid()}"
+    assert not (out / batch.LOCK).exists()

@@ -140,3 +140,155 @@ def test_bands_in_one_call_match_band_by_band(tmp_path):
     assert len(stacked["g"].psf.fluxes) != len(stacked["r"].psf.fluxes)
     with pytest.raises(ValueError, match="stack_bands must be 'auto', True or False"):
         gsprep.prepare_target(images, RA, DEC, cfg, stack_bands="yes")
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("work started before the options were checked")
+
+
+def test_prepare_refuses_existing_products_before_any_work(tmp_path, capsys, monkeypatch):
+    write_frames(tmp_path)
+    cfg = write_config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "t1_r_psf.fits").write_bytes(b"an earlier product")
+    monkeypatch.setattr("gsprep.pipeline.read_bands", no_work)
+    assert main(["prepare", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"gsprep: error: out: {str(out)!r} already holds products of t1 (t1_r_psf.fits); "
+        "add --overwrite to replace them"]
+    assert os.listdir(out) == ["t1_r_psf.fits"] and (out / "t1_r_psf.fits").read_bytes() == b"an earlier product"
+    with pytest.raises(FileExistsError, match="pass overwrite=True to replace them"):
+        gsprep.pipeline.run_target(load_config(cfg), out)
+
+
+def test_prepare_when_every_band_fails_says_so_and_not_wrote(tmp_path, capsys):
+    cfg = write_config(tmp_path)  # no frames written: both bands fail
+    out = tmp_path / "out"
+    assert main(["prepare", str(cfg), "--out", str(out), "--no-figures"]) == 1
+    cap = capsys.readouterr()
+    assert "wrote" not in cap.out and "g: skipped: path: no such file" in cap.out
+    assert cap.err.strip() == f"gsprep: error: every band failed (2 of 2); nothing written to {out}"
+
+
+@pytest.mark.parametrize(("option", "match"), [
+    ("sky_order = 2.5", r"config: \[options\] sky_order must be an integer between 0 and 12, got 2.5"),
+    ("oversampling = 0", r"config: \[options\] oversampling must be an integer between 1 and 16, got 0"),
+    ("stamp_size = 20", r"config: \[options\] stamp_size must be an odd integer >= 3, got 20"),
+    ('mask_nsigma = "3"', r"config: \[options\] mask_nsigma must be a positive number, got '3'"),
+    ('deblend = "yes"', r"config: \[options\] deblend must be true or false, got 'yes'"),
+])
+def test_config_options_are_checked_when_read_naming_the_toml_key(tmp_path, option, match):
+    cfg = write_config(tmp_path)
+    key = option.split(" = ")[0]
+    lines = [ln for ln in cfg.read_text().splitlines() if not ln.startswith(key + " = ")]
+    lines.insert(lines.index("[options]") + 1, option)
+    cfg.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=match):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize(("old", "new", "match"), [
+    (f"dec = {DEC}", "dec = 95.0", r"config: \[target\] dec must be within \[-90, 90\] degrees"),
+    (f"ra = {RA}", "ra = 510.1", r"config: \[target\] ra must be within \[0, 360\) degrees"),
+    ("r = 20.0", 'r = "20"', r"config: \[target\] r must be a positive number, got '20'"),
+    ("fwhm = 2.6", "fwhm = -2.6", r"config: \[bands.g\] fwhm must be a finite number > 0"),
+    ("zeropoint = 25.0\n\n[bands.r]", 'zeropoint = 25.0\nunit = "Jy"\n\n[bands.r]', r"config: \[bands.g\] unit must be one of"),
+    ("[bands.g]", "[criteria]\ndrop = 5\n\n[bands.g]", r"config: \[criteria\] drop must be a sequence of star ids"),
+    ("[bands.g]", "[criteria]\nq_min = 'a'\n\n[bands.g]", r"config: \[criteria\] q_min must be a number, got 'a'"),
+])
+def test_config_values_are_checked_when_read_naming_the_toml_key(tmp_path, old, new, match):
+    cfg = write_config(tmp_path)
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=match):
+        load_config(cfg)
+
+
+def test_target_not_detected_names_the_toml_keys(tmp_path):
+    write_frames(tmp_path, bands=(("g", 2.6),))
+    cfg = load_config(write_config(tmp_path, options="psf = false\nmask_nsigma = 1e6", bands=(("g", 2.6),)))
+    img = gsprep.read_image(cfg.bands["g"].file)
+    p = gsprep.prepare_target({"g": img}, RA, DEC, cfg)["g"]
+    assert "lower mask_nsigma or mask_npixels in [options]" in p.error and "require_target = false" in p.error
+    assert "pass require_target" not in p.error
+    import dataclasses
+
+    with pytest.warns(UserWarning, match="the target was not detected"):
+        p = gsprep.prepare_target({"g": img}, RA, DEC, dataclasses.replace(cfg, require_target=False))["g"]
+    assert p.error is None and p.mask.target_label == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--oversampling", "0"], "--oversampling must be an integer between 1 and 16, got 0"),
+    (["--size", "20"], "--size must be an odd integer >= 3, got 20"),
+    (["--fwhm", "-1"], "--fwhm must be a finite number > 0, got -1.0"),
+    (["--q-min", "2"], r"--q-min must be a finite number within [0, 1], got 2.0"),
+    (["--npixels", "0"], "--npixels must be an integer >= 1, got 0"),
+    (["--sky-order", "13"], "--sky-order must be an integer between 0 and 12, got 13"),
+    (["--exptime", "0"], "--exptime must be a finite number > 0, got 0.0"),
+    (["--stars", "nope.ecsv"], "--stars: no such file 'nope.ecsv'"),
+    (["--stars", "cat.ecsv", "--gaia"], "give --stars FILE or --gaia, not both"),
+    (["--out", "/no/such/folder/psf.fits"], "--out: folder '/no/such/folder' does not exist"),
+    (["--out", "old.fits"], "--out: 'old.fits' exists; add --overwrite to replace it"),
+])
+def test_psf_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "frame.fits").write_bytes(b"")
+    (tmp_path / "old.fits").write_bytes(b"x")
+    (tmp_path / "cat.ecsv").write_text("ra dec\n1 2\n")
+    monkeypatch.setattr("gsprep.io.read_image", no_work)
+    base = {"--fwhm": "2.6", "--out": "new.fits"}
+    for flag, value in zip(args[::2], args[1::2], strict=False):
+        base[flag] = value
+    argv = ["psf", "frame.fits"] + [x for kv in base.items() for x in kv]
+    argv += [a for a in args if a == "--gaia"]
+    argv = [a for a in argv if a != "--gaia" or "--gaia" in args]
+    assert main([a for a in argv if a]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gsprep: error: {message}"]
+    assert sorted(os.listdir(tmp_path)) == ["cat.ecsv", "frame.fits", "old.fits"]
+
+
+def test_psf_without_exptime_is_refused_not_assumed(tmp_path, capsys):
+    data, header = demo_frame(fwhm=2.6, seed=0, shape=(120, 120), n_stars=5)
+    del header["EXPTIME"]
+    fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(tmp_path / "f.fits")
+    out = tmp_path / "psf.fits"
+    assert main(["psf", str(tmp_path / "f.fits"), "--fwhm", "2.6", "--size", "21", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no EXPTIME in the header" in err and "give --exptime SECONDS (or --unit counts" in err
+    assert not out.exists()
+
+
+def test_header_warnings_are_one_line_and_debug_after_the_command_shows_them(tmp_path, capsys, monkeypatch):
+    from .conftest import data_path
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after reading")
+
+    monkeypatch.setattr("gsprep.sky.fit_sky", stop)
+    dss = data_path("dss.14.29.56-62.41.05.fits.gz")
+    argv = ["psf", dss, "--fwhm", "3", "--exptime", "60", "--out", str(tmp_path / "p.fits")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert err[0] == "gsprep: error: stopped after reading"
+    assert err[1].startswith("gsprep: note: astropy fixed or flagged the headers of the frames (1 warning)")
+    assert err[1].endswith("--debug shows them")
+    with pytest.raises(ValueError, match="stopped after reading"):
+        main([*argv, "--debug"])  # --debug after the command: the traceback and every warning in full
+    err = capsys.readouterr().err
+    assert "gsprep: warning: HeaderWarning: " in err and "SKEW" in err and "note:" not in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gsprep.batch.run_batch", interrupted)
+    assert main(["batch", "t.csv", "--config", "b.toml", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gsprep: interrupted; finished targets are kept: run the same command again to resume"]
