@@ -42,7 +42,7 @@ def cmd_prepare(args):
         return 1
     failed = f" ({len(run.errors)} of {len(config.bands)} bands failed)" if run.errors else ""
     _say(args, f"wrote {out} in {time.perf_counter() - t0:.1f} s{failed}")
-    return 0 if not run.errors else 1
+    return 0
 
 
 def _check_psf_args(args):

@@ -210,3 +210,90 @@ def test_largest_allowed_cut_is_made():
     w = tan_wcs(150.1, 2.2, (100, 120), 0.4)
     c = gsprep.cutout(np.ones((100, 120)), w, 150.1, 2.2, 120 * 0.4)
     assert c.data.shape == (241, 241) and np.isfinite(c.data).sum() == 100 * 120
+
+
+# --------------------------------------------------------------------------
+# properties of the geometry, on random frames, WCSs, positions and sizes
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def random_wcs(proj, ra, dec, shape, scale, rotation, flip):
+    w = WCS(naxis=2)
+    w.wcs.ctype = [f"RA---{proj}", f"DEC--{proj}"]
+    w.wcs.crval = [ra, dec]
+    ny, nx = shape
+    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
+    s = scale / 3600.0
+    th = np.radians(rotation)
+    cd = np.array([[-s * np.cos(th), s * np.sin(th)], [s * np.sin(th), s * np.cos(th)]])
+    if flip:  # east right: a mirrored frame
+        cd[:, 0] = -cd[:, 0]
+    w.wcs.cd = cd
+    w.wcs.radesys = "ICRS"
+    w.pixel_shape = (nx, ny)
+    return w
+
+
+geometry = st.fixed_dictionaries({
+    "proj": st.sampled_from(["TAN", "SIN"]),
+    "ra": st.floats(0.0, 359.9),
+    "dec": st.floats(-80.0, 80.0),
+    "ny": st.integers(20, 160),
+    "nx": st.integers(20, 160),
+    "scale": st.floats(0.05, 2.0),
+    "rotation": st.floats(-180.0, 180.0),
+    "flip": st.booleans(),
+    "fx": st.floats(0.0, 1.0),
+    "fy": st.floats(0.0, 1.0),
+    "npix": st.integers(1, 40),
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(g=geometry)
+def test_written_wcs_puts_the_target_on_crpix_and_corners_on_the_parent_sky(tmp_path, g):
+    shape = (g["ny"], g["nx"])
+    w = random_wcs(g["proj"], g["ra"], g["dec"], shape, g["scale"], g["rotation"], g["flip"])
+    x, y = g["fx"] * (g["nx"] - 1), g["fy"] * (g["ny"] - 1)
+    sky = w.pixel_to_world(x, y).icrs
+    ra = float(sky.ra.deg) % 360.0
+    r = (g["npix"] + 0.5) * g["scale"]
+    c = gsprep.cutout(np.ones(shape), w, ra, float(sky.dec.deg), r)
+    n = c.n
+    assert n == g["npix"] and c.data.shape == (2 * n + 1, 2 * n + 1)
+    path = tmp_path / "cut.fits"
+    gsprep.write_cutout(path, c, np.zeros(c.data.shape, bool), np.ones(c.data.shape), overwrite=True)
+    with fits.open(path) as h:
+        out = WCS(h[0].header)
+        crpix = h[0].header["CRPIX1"], h[0].header["CRPIX2"]
+    px, py = out.world_to_pixel(SkyCoord(ra * u.deg, float(sky.dec.deg) * u.deg))
+    assert abs(px + 1 - crpix[0]) < 0.01 and abs(py + 1 - crpix[1]) < 0.01
+    assert abs(px - (x - c.origin[0])) < 0.01 and abs(py - (y - c.origin[1])) < 0.01
+    size = 2 * n + 1
+    corners = np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], float)
+    parent = w.pixel_to_world(corners[:, 0] + c.origin[0], corners[:, 1] + c.origin[1])
+    cx, cy = out.world_to_pixel(parent)
+    assert np.max(np.hypot(cx - corners[:, 0], cy - corners[:, 1])) < 0.01
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(npix=st.integers(1, 15), seed=st.integers(0, 2**32 - 1), frac=st.floats(0.0, 1.0), with_bits=st.booleans())
+def test_a_mask_written_and_read_back_is_identical(tmp_path, npix, seed, frac, with_bits):
+    rng = np.random.default_rng(seed)
+    w = tan_wcs(150.1, 2.2, (40, 40), 0.4)
+    c = gsprep.cutout(np.ones((40, 40)), w, 150.1, 2.2, (npix + 0.5) * 0.4)
+    mask = rng.random(c.data.shape) < frac
+    bits = np.where(mask, rng.integers(1, 32, c.data.shape), 0).astype(np.int16)
+    given_mask = gsprep.Mask(mask.astype(np.uint8), bits, 0, np.zeros(c.data.shape, np.int32), None) \
+        if with_bits else mask
+    path = tmp_path / "m.fits"
+    gsprep.write_cutout(path, c, given_mask, np.ones(c.data.shape), overwrite=True)
+    with fits.open(path) as h:
+        np.testing.assert_array_equal(h["MASK"].data.astype(bool), mask)
+        assert h["MASK"].data.dtype == np.uint8
+        if with_bits:
+            np.testing.assert_array_equal(h["MASKBITS"].data, bits)
+        else:
+            assert "MASKBITS" not in h

@@ -292,3 +292,21 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert main(["batch", "t.csv", "--config", "b.toml", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gsprep: interrupted; finished targets are kept: run the same command again to resume"]
+
+
+def test_python_advice_is_restated_as_command_line_flags(tmp_path, monkeypatch):
+    from gsprep import stars as stars_mod
+    from gsprep.cli import _cli_message
+
+    class Down:
+        def launch_job_async(self, query):
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(stars_mod, "_gaia_client", lambda: Down())
+    with pytest.raises(ConnectionError) as info:
+        gsprep.gaia_stars(10.0, 20.0, 60.0, cache=tmp_path)
+    assert "select_stars(reference=...)" in str(info.value)
+    text = _cli_message(str(info.value))
+    assert "gsprep psf --stars FILE" in text and "reference=" not in text
+    assert _cli_message("path: 'x.fits' exists; pass overwrite=True to replace it") == \
+        "path: 'x.fits' exists; add --overwrite to replace it"
