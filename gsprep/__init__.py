@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .cutout import Cutout, cutout
 from .detection import Segmentation, detect
 from ._bits import MASK_BITS
-from .epsf import EPSFResult, fit_epsf, to_epsf_convention
+from .psf import EPSFResult, PSFConvergenceWarning, fit_epsf, psf_model_stamps, psf_shape, to_epsf_convention
 from .io import Image, read_image, read_psf, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_weight, sigma_image
@@ -46,6 +46,9 @@ __all__ = [
     "fit_epsf",
     "read_psf",
     "to_epsf_convention",
+    "psf_model_stamps",
+    "psf_shape",
+    "PSFConvergenceWarning",
     "write_psf",
     "MASK_BITS",
     "Mask",

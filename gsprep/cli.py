@@ -247,7 +247,8 @@ def build_parser():
     ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ps.set_defaults(func=cmd_psf)
 
-    bt = sub.add_parser("batch", parents=common, help="prepare many targets on Dask (resumable; see docs/guide.md)")
+    bt = sub.add_parser("batch", parents=common,
+                        help="prepare many targets on Dask (resumable; see docs/guide.md)")
     bt.add_argument("targets", help="targets table (CSV/ECSV) with name, ra, dec [, r, file_<band>]")
     bt.add_argument("--config", required=True, help="bands TOML; band files may be templates like frames/{name}_g.fits")
     bt.add_argument("--out", required=True, help="output folder: <name>/ per target and manifest.csv")

@@ -461,7 +461,7 @@ def read_psf(path):
     """
     from astropy.table import Table
 
-    from .epsf import EPSFResult
+    from .psf import EPSFResult
 
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -214,7 +214,8 @@ def _checked_band(spec):
     if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
         msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
         raise TypeError(msg)
-    return dataclasses.replace(spec, fwhm=float(spec.fwhm), exptime=check_positive("exptime", spec.exptime, allow_none=True),
+    return dataclasses.replace(spec, fwhm=float(spec.fwhm),
+                               exptime=check_positive("exptime", spec.exptime, allow_none=True),
                                gain=check_positive("gain", spec.gain, allow_none=True),
                                zeropoint=check_number("zeropoint", spec.zeropoint, allow_none=True))
 

@@ -90,7 +90,7 @@ def fig_funnel(table, *, title="", save=None):
 
 def fig_stars(stamps, result, *, max_stars=12, title="", save=None):
     """Selected stars, their PSF model and the residual (data - model) / sigma, with each star's chi2."""
-    from .epsf import psf_model_stamps
+    from .psf import psf_model_stamps
 
     data = np.asarray(stamps.data)
     n = min(len(data), max_stars)

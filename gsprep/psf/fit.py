@@ -1,0 +1,518 @@
+"""``fit_epsf``: the joint fit of one PSF and every star's centre, flux and sky, read top to bottom.
+
+1. numpy start (:mod:`.start`): centroids, gross outliers out, a stacked PSF.
+2. warm-up (:func:`_fit_compiled`): a Moffat fitted to the stack as the starting
+   shape, then damped Gauss-Newton steps on the Moffat and the stars, then on
+   the free pixel correction; robust clipping of pixels and stars in between.
+3. cross-validation (:mod:`.validation`): the regularisation's kind and
+   strength that best predicts held-out stars.
+4. the final fit with that regularisation, iterated until the PSF stops
+   changing (``tol``) or ``max_iter`` steps, on a fixed pixel set.
+5. the report: per-star chi-square and flags, held-out chi-square and
+   residual flux, FWHM and ellipticity.
+
+Steps 2-4 are one jit-compiled function of the stamps (``jax.vmap`` over
+bands); its shapes are padded to a few star counts so a batch compiles few.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_integer, check_nonnegative, check_positive
+from .model import models, moffat_fine, psf_shape
+from .robust import robust_weights
+from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, star_step
+from .start import band_start, bucket, centroids, initial, pad_stars, prepare_arrays
+from .validation import GRID, KINDS, assign_folds, choose, heldout_scores
+
+__all__ = ["EPSFResult", "fit_epsf", "fit_stars", "oracle_psf", "FLAG_BITS", "PSFConvergenceWarning"]
+
+#: star flags (OR-ed): 1 chi-square outlier (left out of the fit), 2 no usable pixels,
+#: 4 more than a quarter of its pixels clipped
+FLAG_BITS = {1: "chi2 outlier", 2: "no usable pixels", 4: "many pixels clipped"}
+
+
+class PSFConvergenceWarning(UserWarning):
+    """The PSF fit stopped at ``max_iter`` before the PSF stopped changing."""
+
+
+def compute_dtype():
+    """float64 when JAX runs with ``jax_enable_x64``, else float32."""
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+@dataclass(frozen=True)
+class EPSFResult:
+    """Result of :func:`fit_epsf` (a leading band axis on every array field when stamps had one).
+
+    Attributes
+    ----------
+    psf : ndarray (k*p, k*p)
+        The PSF: sub-pixel flux fractions, sum 1, centroid at the centre of
+        the central native pixel.
+    centers : ndarray (n, 2)
+        Each star's ``(x, y)`` in its stamp, 0-based native pixels.
+    fluxes, sky : ndarray (n,)
+        Total flux (within the PSF grid) and constant local sky, data units.
+    chi2 : ndarray (n,)
+        Reduced chi-square of each star (NaN without usable pixels).
+    loss_history : ndarray
+        Objective per pixel in use (chi-square plus penalties) after each
+        step of the final fit, on a fixed pixel set: it never rises.
+    flags : ndarray of int (n,)
+        See :data:`FLAG_BITS`; 0 = good.
+    oversampling : int
+    converged : bool or ndarray
+        Whether the final fit stopped because the PSF stopped changing
+        (``tol``), not because it reached ``max_iter``.
+    n_iter : int or ndarray
+        Gauss-Newton steps of the final fit.
+    heldout_chi2 : float or ndarray
+        Reduced chi-square of held-out stars fitted with PSFs made without
+        them (cross-validation); ~1 when the PSF is as good as the noise
+        allows.  NaN when there were too few stars to hold any out.
+    residual_flux : float or ndarray
+        Median over held-out stars of ``sqrt(max(sum(r^2 - sigma^2), 0)) / F``:
+        the fraction of a star's flux left in residual structure beyond the noise.
+    fwhm, ellipticity, e1, e2 : float or ndarray
+        Shape of the pixel-integrated PSF in native pixels, the same for any
+        oversampling (:func:`gsprep.psf.psf_shape`).
+    reg_kind, reg_strength : str, float (or arrays)
+        The regularisation used (``"profile"``: curvature of the departure
+        from the fitted Moffat; ``"smooth"``: curvature of the PSF), and its
+        strength in units of the data's information per fine pixel.
+    cv_scores : ndarray (n_candidates, 3) or None
+        Every candidate's ``(gamma, strength, held-out reduced chi-square)``.
+    """
+
+    psf: np.ndarray
+    centers: np.ndarray
+    fluxes: np.ndarray
+    sky: np.ndarray
+    chi2: np.ndarray
+    loss_history: np.ndarray
+    flags: np.ndarray
+    oversampling: int = 1
+    converged: object = True
+    n_iter: object = 0
+    heldout_chi2: object = np.nan
+    residual_flux: object = np.nan
+    fwhm: object = np.nan
+    ellipticity: object = np.nan
+    e1: object = np.nan
+    e2: object = np.nan
+    reg_kind: object = ""
+    reg_strength: object = np.nan
+    cv_scores: object = field(default=None, repr=False)
+
+    @property
+    def native_psf(self):
+        """The PSF at native sampling (sum of each ``k x k`` block)."""
+        k = self.oversampling
+        p = np.asarray(self.psf)
+        sh = p.shape[:-2] + (p.shape[-2] // k, k, p.shape[-1] // k, k)
+        return p.reshape(sh).sum(axis=(-3, -1))
+
+    def psf_at(self, x, y):
+        """The PSF at frame pixel ``(x, y)`` (0-based).  This PSF does not vary across the frame."""
+        return np.asarray(self.psf)
+
+
+def _jit_bands(fn, static, in_axes):
+    """``fn`` jit-compiled, and its ``jax.vmap`` over a leading band axis, jit-compiled."""
+    one = jax.jit(fn, static_argnames=static)
+
+    def many(*args, **kw):
+        return jax.vmap(partial(fn, **kw), in_axes=in_axes)(*args)
+
+    return one, jax.jit(many, static_argnames=static)
+
+
+def _start_fn(st, psf0, d, a_sky, *, sx):
+    """The stacked start as the PSF (a Moffat fitted to it as the reference shape), and the stars fitted with it."""
+    theta = fit_theta(psf0, sx.k, sx.psf_size)
+    st = FitState(theta, psf0 - moffat_fine(theta, sx.k, sx.psf_size), st.xy, st.flux, st.sky, st.w)
+    return star_step(st, d, sx, a_sky)
+
+
+def _rebase_fn(st, *, sx):
+    """The reference Moffat refitted to the current PSF (the PSF itself unchanged)."""
+    p = psf(st, sx)
+    theta = fit_theta(p, sx.k, sx.psf_size)
+    return FitState(theta, p - moffat_fine(theta, sx.k, sx.psf_size), st.xy, st.flux, st.sky, st.w)
+
+
+def _phase_fn(st, d, reg, max_iter, tol, shape_phase, *, sx, hist_len):
+    """One phase of damped Gauss-Newton steps (one compiled loop serves every phase)."""
+    return converge(st, d, reg, sx, max_iter=max_iter, tol=tol, shape_phase=shape_phase, hist_len=hist_len)
+
+
+def _robust_fn(st, d, w0, flagged, clip, chi2_nsigma, *, sx):
+    w, flagged, many = robust_weights(st, d, w0, flagged, sx, clip, chi2_nsigma)
+    return FitState(st.theta, st.resid, st.xy, st.flux, st.sky, w), flagged, many
+
+
+def _cv_fn(st, d, fold, grid, a_tv, a_sky, *, sx, n_folds):
+    """Held-out scores of every candidate regularisation, and the best one."""
+    chi2, dof, rff, nstar = heldout_scores(st, d, fold, jnp.arange(n_folds), grid, a_tv, a_sky, sx)
+    best = choose(chi2, dof)
+    scores = jnp.stack([grid[:, 0], grid[:, 1], jnp.sum(chi2, 0) / jnp.maximum(jnp.sum(dof, 0), 1)], axis=1)
+    held = jnp.stack([jnp.sum(chi2[:, best]) / jnp.maximum(jnp.sum(dof[:, best]), 1),
+                      jnp.sum(rff[:, best]) / jnp.maximum(jnp.sum(nstar[:, best]), 1)])
+    return grid[best], scores, held
+
+
+def _finish_fn(st, *, sx):
+    p = psf(st, sx)
+    return p, models(p, st.xy, st.flux, st.sky, sx.size, sx.k, sx.psf_size)
+
+
+_start, _start_b = _jit_bands(_start_fn, ("sx",), (0, 0, 0, None))
+_phase, _phase_b = _jit_bands(_phase_fn, ("sx", "hist_len"), (0, 0, Reg(0, 0, None, None, None), None, None, None))
+_robust, _robust_b = _jit_bands(_robust_fn, ("sx",), (0, 0, 0, 0, None, None))
+_cv, _cv_b = _jit_bands(_cv_fn, ("sx", "n_folds"), (0, 0, 0, None, None, None))
+_finish, _finish_b = _jit_bands(_finish_fn, ("sx",), (0,))
+_rebase, _rebase_b = _jit_bands(_rebase_fn, ("sx",), (0,))
+
+
+def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol, *, sx, robust, n_folds, max_iter,
+                  bands):
+    """Steps 2-4 on padded device arrays (one band, or every band at once when ``bands``)."""
+    dt = d.dtype
+    f_start, f_phase, f_robust, f_cv, f_finish, f_rebase = (
+        (_start_b, _phase_b, _robust_b, _cv_b, _finish_b, _rebase_b) if bands
+        else (_start, _phase, _robust, _cv, _finish, _rebase))
+    nb = d.shape[0] if bands else None
+
+    def reg_of(gamma, lam):
+        return Reg(lam, gamma, a_tv, a_sky)
+
+    def const(v):
+        v = jnp.asarray(v, dt)
+        return jnp.broadcast_to(v, (nb,)) if bands else v
+
+    it = partial(jnp.asarray, dtype=jnp.int32)
+    hist_len = max_iter
+    # 2. warm-up: the stacked start refined with the stars at a light regularisation, then
+    # clipping (pixels first; stars are judged only once the PSF has settled)
+    w0 = st.w
+    st = f_start(st, psf0, d, a_sky, sx=sx)
+    reg0 = reg_of(const(1.0), const(0.01))
+    st = f_phase(st, d, reg0, it(4), tol, jnp.asarray(False), sx=sx, hist_len=hist_len)[0]
+    flagged = jnp.zeros(d.shape[:-2], bool)
+    many = jnp.zeros(d.shape[:-2], bool)
+    if robust:
+        for nsig in (jnp.inf, chi2_nsigma):
+            st, flagged, many = f_robust(st, d, w0, flagged, clip, jnp.asarray(nsig, dt), sx=sx)
+            st = f_phase(st, d, reg0, it(3), tol, jnp.asarray(False), sx=sx, hist_len=hist_len)[0]
+    # the "profile" regularisation's reference: the Moffat closest to the PSF the stars now give
+    st = f_rebase(st, sx=sx)
+    # 3. the regularisation that best predicts held-out stars
+    if n_folds > 1:
+        best, scores, held = f_cv(st, d, fold, jnp.asarray(GRID, dt), a_tv, a_sky, sx=sx, n_folds=n_folds)
+        gamma, lam = best[..., 0], best[..., 1]
+    else:
+        gamma, lam = const(fixed[0]), const(fixed[1])
+        scores = jnp.full(d.shape[:-3] + (len(GRID), 3), jnp.nan, dt)
+        held = jnp.full(d.shape[:-3] + (2,), jnp.nan, dt)
+    # 4. the final fit, to convergence, on a fixed pixel set
+    st, hist, n_iter, done, dpsf = f_phase(st, d, reg_of(gamma, lam), it(max_iter), tol, jnp.asarray(False), sx=sx,
+                                           hist_len=hist_len)
+    p, m = f_finish(st, sx=sx)
+    return dict(st=st, psf=p, model=m, flagged=flagged, many=many, hist=hist, n_iter=n_iter, converged=done,
+                dpsf=dpsf, gamma=gamma, lam=lam, cv=scores, held_chi2=held[..., 0], held_rff=held[..., 1])
+
+
+def _parse_reg(regularization):
+    if isinstance(regularization, str):
+        if regularization != "auto":
+            msg = f"regularization must be 'auto' or (kind, strength), got {regularization!r}"
+            raise ValueError(msg)
+        return None
+    try:
+        kind, strength = regularization
+    except (TypeError, ValueError):
+        msg = f"regularization must be 'auto' or (kind, strength) with kind 'profile' or 'smooth', got {regularization!r}"
+        raise ValueError(msg) from None
+    names = {v: g for g, v in KINDS.items()}
+    if kind not in names:
+        msg = f"regularization kind must be one of {sorted(names)}, got {kind!r}"
+        raise ValueError(msg)
+    return names[kind], check_nonnegative("regularization strength", strength)
+
+
+def _check_stamps_size(psf0, k, size):
+    """Warn when the stamps are too small for the PSF (its wings would go into the local sky)."""
+    fwhm = psf_shape(psf0, k)["fwhm"]
+    if np.isfinite(fwhm) and size < 5 * fwhm:
+        need = int(np.ceil(5 * fwhm)) | 1
+        warnings.warn(f"fit_epsf: stamps of {size} px are small for a PSF of FWHM ~{fwhm:.1f} px: its wings fall "
+                      f"outside and bias the PSF and fluxes; use stamps of at least {need} px", stacklevel=3)
+
+
+def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky=0.0, psf_size=None,
+             centers=None, regularization="auto", folds=3, robust=True, clip=5.0, chi2_nsigma=5.0, max_iter=40,
+             n_cg=60, tol=1e-4, warn=True, method="gsprep"):
+    """Fit an empirical PSF jointly with every star's sub-pixel centre, flux and local sky.
+
+    Parameters
+    ----------
+    stamps : array (n, size, size) or (bands, n, size, size), or Stamps
+        Star stamps (odd size), data units, sky not subtracted.  A
+        :class:`gsprep.Stamps` supplies sigmas, masks and centres too.
+    sigmas : array, same shape
+        Per-pixel noise (> 0 where unmasked), data units.
+    masks : bool array, same shape, optional
+        True = excluded.  Non-finite data or sigma are excluded too.  For
+        several bands with unequal star counts, pad with fully masked stamps.
+    oversampling : int
+        PSF sampling factor ``k``; the PSF has shape ``(k*psf_size, k*psf_size)``.
+    a_tv : float
+        Total-variation penalty on the PSF (GalfitS's ``a_tv``), per unit of
+        the reduced chi-square.
+    a_sky : float
+        Penalty pulling each star's local sky to zero, in units of its
+        uncertainty (GalfitS's ``a_sky``).
+    psf_size : int, optional
+        Native PSF size (odd, <= stamp size); default the stamp size.
+    centers : array (n, 2), optional
+        Starting ``(x, y)`` of each star in its stamp (0-based native
+        pixels); default a windowed centroid.
+    regularization : "auto" or (kind, strength)
+        How the PSF's pixels are held where the data constrain them weakly.
+        ``"auto"`` (default) picks the kind and strength that best predict
+        held-out stars (``folds``-fold cross-validation).  Or fix it:
+        ``("smooth", s)`` penalises the PSF's curvature, ``("profile", s)``
+        the curvature of its departure from the fitted elliptical Moffat;
+        ``s`` in units of the data's information per fine pixel (0 = none).
+    folds : int
+        Folds of the cross-validation (>= 2); with fewer than ``2 * folds``
+        usable stars the fit uses ``("profile", 0.1)`` and says so.
+    robust : bool
+        Drop gross outliers before fitting (pixels far from the median
+        star), then clip pixels beyond ``clip`` sigma (and their neighbours)
+        and flag stars whose reduced chi-square lies more than
+        ``chi2_nsigma`` robust sigmas above the median (default True).
+    max_iter, n_cg : int
+        Most Gauss-Newton steps of the final fit, and conjugate-gradient
+        iterations per step.
+    tol : float
+        The fit has converged when a step changes the PSF by less than
+        ``tol`` of its peak (rms).
+    warn : bool
+        Warn (:class:`PSFConvergenceWarning`) when the fit did not converge.
+    method : {"gsprep", "photutils"}
+        ``"photutils"`` runs photutils' ``EPSFBuilder`` on the same stamps
+        and returns its PSF converted to gsprep's convention (as GalfitS's
+        ``photutils_method``).
+
+    Returns
+    -------
+    EPSFResult
+        With the quality report: ``heldout_chi2``, ``residual_flux``,
+        ``fwhm``, ``ellipticity``, ``converged``.
+
+    Examples
+    --------
+    >>> import numpy as np, gsprep
+    >>> from gsprep.simulate import moffat_psf
+    >>> rng = np.random.default_rng(1)
+    >>> xy = 10 + rng.uniform(-0.5, 0.5, (24, 2))
+    >>> truth = np.stack([1e4 * moffat_psf((21, 21), x, y, fwhm=3.0, beta=3.0) for x, y in xy])
+    >>> sigma = np.sqrt(25 + truth)
+    >>> res = gsprep.fit_epsf(truth + rng.normal(size=truth.shape) * sigma, sigma, oversampling=2)
+    >>> round(float(res.psf.sum()), 6), bool(res.converged), round(res.fwhm, 1)
+    (1.0, True, 3.0)
+    """
+    if hasattr(stamps, "positions") and hasattr(stamps, "sigma"):
+        st = stamps
+        stamps, sigmas = st.data, st.sigma if sigmas is None else sigmas
+        masks = st.mask if masks is None else masks
+        centers = st.positions if centers is None else centers
+    if sigmas is None:
+        msg = "sigmas is required (the per-pixel noise of the stamps)"
+        raise ValueError(msg)
+    k = check_integer("oversampling", oversampling, lower=1, upper=16)
+    a_tv, a_sky = check_nonnegative("a_tv", a_tv), check_nonnegative("a_sky", a_sky)
+    clip = check_positive("clip", clip)
+    chi2_nsigma = check_positive("chi2_nsigma", chi2_nsigma)
+    max_iter = check_integer("max_iter", max_iter, lower=1, upper=10000)
+    n_cg = check_integer("n_cg", n_cg, lower=1, upper=100000)
+    tol = check_positive("tol", tol)
+    folds = check_integer("folds", folds, lower=2, upper=50)
+    fixed = _parse_reg(regularization)
+    if method not in ("gsprep", "photutils"):
+        msg = f"method must be 'gsprep' or 'photutils', got {method!r}"
+        raise ValueError(msg)
+    d, w = prepare_arrays(stamps, sigmas, masks)
+    size = d.shape[-1]
+    psf_size = size if psf_size is None else check_integer("psf_size", psf_size, lower=3, upper=size, odd=True)
+    bands = d[None] if d.ndim == 3 else d
+    wb = w[None] if w.ndim == 3 else w
+    nb, n = bands.shape[:2]
+    cb = None
+    if centers is not None:
+        cb = np.asarray(centers, dtype=float)
+        if np.iscomplexobj(centers) or cb.shape not in ((n, 2), (nb, n, 2)) or (d.ndim == 4 and cb.shape != (nb, n, 2)):
+            want = f"({n}, 2)" if d.ndim == 3 else f"({nb}, {n}, 2)"
+            msg = f"centers must have shape {want} (x, y per star), got {np.shape(centers)}"
+            raise ValueError(msg)
+        if not np.all(np.isfinite(cb)):
+            msg = "centers must be finite"
+            raise ValueError(msg)
+        cb = cb.reshape(nb, n, 2)
+    if method == "photutils":
+        if d.ndim == 4:
+            msg = "method='photutils' fits one band at a time: pass (n, size, size) stamps"
+            raise ValueError(msg)
+        from .photutils_bridge import photutils_epsf
+
+        return photutils_epsf(d, w, k, psf_size, None if cb is None else cb[0])
+
+    # 1. numpy start, per band
+    starts = [band_start(bands[b], wb[b], None if cb is None else cb[b], k, psf_size, clip if robust else None)
+              for b in range(nb)]
+    nvalid = min(int(s[5].sum()) for s in starts)
+    if nvalid == 1:
+        warnings.warn("fit_epsf: a single star constrains the PSF poorly (its noise is the PSF's noise); "
+                      "use several stars when you can", stacklevel=2)
+    n_folds = folds if (fixed is None and nvalid >= 2 * folds) else 1
+    if fixed is None and n_folds == 1:
+        warnings.warn(f"fit_epsf: {nvalid} usable stars are too few to cross-validate the regularisation "
+                      f"({2 * folds} needed); using ('profile', 0.1)", stacklevel=2)
+    fixed = (0.0, 0.1) if fixed is None else fixed
+    _check_stamps_size(starts[0][1], k, size)
+
+    # 2-4. one compiled fit (padded star count)
+    dt = compute_dtype()
+    n_fit = bucket(n)
+    kk = k * psf_size
+    packed = []
+    for b, (xy0, psf0, flux0, sky0, wt, valid) in enumerate(starts):
+        xy, fl, sk, ww, dd = pad_stars((xy0, flux0, sky0, wt, bands[b]), n_fit)
+        fold = assign_folds(np.concatenate([valid, np.zeros(n_fit - n, bool)]), n_folds)
+        packed.append((FitState(np.zeros(4), np.zeros((kk, kk)), xy, fl, sk, ww), psf0, dd, fold))
+    cast = partial(jax.tree_util.tree_map, lambda v: jnp.asarray(v, dt) if np.asarray(v).dtype.kind == "f" else jnp.asarray(v))
+    sx = Static(size, k, psf_size, n_cg)
+    opts = dict(sx=sx, robust=bool(robust), n_folds=n_folds, max_iter=max_iter, bands=d.ndim == 4)
+    scalars = [jnp.asarray(v, dt) for v in (a_tv, a_sky, clip, chi2_nsigma, tol)]
+    if d.ndim == 3:
+        stv, psf0, dd, fold = cast(packed[0])
+    else:
+        stv, psf0, dd, fold = cast(jax.tree_util.tree_map(lambda *x: np.stack(x), *packed))
+    ob = jax.tree_util.tree_map(np.asarray, _fit_compiled(stv, psf0, dd, fold, fixed, *scalars, **opts))
+    out = [ob] if d.ndim == 3 else [jax.tree_util.tree_map(lambda x, b=b: x[b], ob) for b in range(nb)]
+
+    # 5. report, per band
+    results = [_band_report(o, bands[b], wb[b], starts[b][5], k, clip if robust else None) for b, o in enumerate(out)]
+    for b, r in enumerate(results):
+        if warn and not r["converged"]:
+            where = f" (band {b})" if d.ndim == 4 else ""
+            warnings.warn(f"fit_epsf{where}: the PSF fit did not converge in {max_iter} steps (last PSF change "
+                          f"{r['_dpsf']:.1e} of its peak, tol {tol:g}); the PSF may be inaccurate: check its "
+                          "residuals or raise max_iter", PSFConvergenceWarning, stacklevel=2)
+    for r in results:
+        r.pop("_dpsf")
+    if d.ndim == 3:
+        return EPSFResult(oversampling=k, **results[0])
+    stack = {key: np.stack([r[key] for r in results]) for key in results[0]}
+    return EPSFResult(oversampling=k, **stack)
+
+
+def _band_report(o, d, w, valid, k, clip):
+    """Numpy results of one band: cut to its own stars, every star's reduced chi-square and flags."""
+    n = d.shape[0]
+    st = o["st"]
+    xy, flux, sky = (np.asarray(v, float)[:n] for v in (st.xy, st.flux, st.sky))
+    w_fit = np.asarray(st.w, float)[:n]
+    flagged, many = np.asarray(o["flagged"])[:n], np.asarray(o["many"])[:n]
+    flags = np.where(flagged, 1, 0) | np.where(valid, 0, 2) | np.where(many, 4, 0)
+    model = np.asarray(o["model"], float)[:n]
+    # reduced chi-square of every star (flagged ones too) on its own unclipped pixels
+    w_eval = np.where((flags & 1)[:, None, None] > 0, np.where(valid[:, None, None], w, 0.0), w_fit)
+    if clip is not None:
+        w_eval = np.where(np.abs(d - model) * np.sqrt(w_eval) > clip, 0.0, w_eval)
+    res2 = np.where(w_eval > 0, (d - model) ** 2 * w_eval, 0.0).reshape(n, -1).sum(1)
+    dof = (w_eval > 0).reshape(n, -1).sum(1) - 4
+    chi2 = np.where(dof > 0, res2 / np.maximum(dof, 1), np.nan)
+    p = np.asarray(o["psf"], float)
+    shape = psf_shape(p, k)
+    n_iter = int(o["n_iter"])
+    hist = np.asarray(o["hist"], float)[:n_iter]
+    gamma = float(o["gamma"])
+    return dict(psf=p, centers=xy, fluxes=flux, sky=sky, chi2=chi2, loss_history=hist,
+                flags=flags.astype(np.int32), converged=bool(o["converged"]), n_iter=n_iter,
+                heldout_chi2=float(o["held_chi2"]), residual_flux=float(o["held_rff"]), fwhm=shape["fwhm"],
+                ellipticity=shape["ellipticity"], e1=shape["e1"], e2=shape["e2"],
+                reg_kind=KINDS.get(gamma, str(gamma)), reg_strength=float(o["lam"]),
+                cv_scores=np.asarray(o["cv"], float), _dpsf=float(o["dpsf"]))
+
+
+@partial(jax.jit, static_argnames=("sx", "n_gn"))
+def _fit_stars_core(st, d, sx, n_gn):
+    return star_step(st, d, sx, 0.0, n_gn)
+
+
+def _fixed_psf_state(psf_arr, k, psf_size, xy, flux, sky, w, dt):
+    from .model import moffat_fine
+
+    theta = jnp.asarray([np.log(2.0 * k), np.log(2.0), 0.0, 0.0], dt)
+    p = np.asarray(psf_arr, float)
+    resid = jnp.asarray(p / p.sum(), dt) - moffat_fine(theta, k, psf_size)
+    return FitState(theta, resid, jnp.asarray(xy, dt), jnp.asarray(flux, dt), jnp.asarray(sky, dt), jnp.asarray(w, dt))
+
+
+def fit_stars(psf_arr, stamps, sigmas, masks=None, *, oversampling=1, centers=None, n_gn=8):
+    """Fit every star's centre, flux and sky with a fixed PSF (gsprep convention).
+
+    Returns ``(centers, fluxes, sky)`` (native px, data units); the
+    reference ("true PSF") fit of the benchmarks, and photometry with a
+    built PSF.
+    """
+    d, w = prepare_arrays(stamps, sigmas, masks)
+    if d.ndim != 3:
+        msg = f"fit_stars takes (n, size, size) stamps, got shape {d.shape}"
+        raise ValueError(msg)
+    n, size, _ = d.shape
+    k = check_integer("oversampling", oversampling, lower=1, upper=16)
+    psf_size = np.shape(psf_arr)[-1] // k
+    xy0 = centroids(d, w, size) if centers is None else np.asarray(centers, float)
+    _, flux0, sky0 = initial(d, w, xy0, k, psf_size, size)
+    dt = compute_dtype()
+    st = _fixed_psf_state(psf_arr, k, psf_size, xy0, flux0, sky0, w, dt)
+    st = _fit_stars_core(st, jnp.asarray(d, dt), Static(size, k, psf_size, 1), int(n_gn))
+    return np.asarray(st.xy, float), np.asarray(st.flux, float), np.asarray(st.sky, float)
+
+
+@partial(jax.jit, static_argnames=("sx", "n_steps"))
+def _oracle_core(st, d, reg, sx, n_steps):
+    for _ in range(n_steps):
+        st = gn_step(st, d, reg, jnp.asarray(0.0, d.dtype), sx, False, fix_stars=True)
+    return psf(st, sx)
+
+
+def oracle_psf(stamps, sigmas, masks, centers, fluxes, sky, *, oversampling, strength=1e-4, n_cg=400):
+    """The noise limit of a PSF from these stars: the least-squares PSF with the TRUE centres, fluxes and skies.
+
+    An optimally weighted stack (every pixel weighted by ``1/sigma^2``) on
+    gsprep's fine grid, with only a vanishing curvature penalty
+    (``strength``) to fix sub-pixel frequencies no star samples.  For
+    benchmarks: its error against the truth is what noise alone leaves.
+    """
+    d, w = prepare_arrays(stamps, sigmas, masks)
+    n, size, _ = d.shape
+    k = int(oversampling)
+    dt = compute_dtype()
+    kk = k * size
+    st = FitState(jnp.asarray([np.log(2.0 * k), np.log(2.0), 0.0, 0.0], dt), jnp.zeros((kk, kk), dt),
+                  jnp.asarray(centers, dt), jnp.asarray(fluxes, dt), jnp.asarray(sky, dt), jnp.asarray(w, dt))
+    z = jnp.asarray(0.0, dt)
+    reg = Reg(jnp.asarray(strength, dt), jnp.asarray(1.0, dt), z, z, jnp.asarray(0.0, dt))
+    return np.asarray(_oracle_core(st, jnp.asarray(d, dt), reg, Static(size, k, size, n_cg), 3), float)

@@ -1,0 +1,371 @@
+"""Gauss-Newton solver of the joint PSF + stars fit, as a pure ``step`` on a typed state.
+
+The unknowns are the PSF (a Moffat ``theta`` used as a starting shape and a
+free pixel correction ``resid`` on the fine grid) and every star's centre,
+flux and local sky.  One step linearises the residuals (``jax.linearize``),
+eliminates the stars exactly (each star's 4 x 4 block; stars do not
+interact) and solves the PSF's normal equations by preconditioned conjugate
+gradients, so the PSF and every star move together.  Steps are damped
+(Levenberg-Marquardt): a step that does not lower the objective is refused
+and the damping raised, so the objective falls monotonically.
+
+Regularisation (:class:`Reg`): a curvature penalty ``lam * |Laplacian(resid
++ gamma * moffat)|^2``, i.e. on the departure from the fitted Moffat
+(``gamma = 0``) or on the PSF itself (``gamma = 1``).  Its kind and strength
+are chosen by cross-validation on held-out stars (:mod:`.validation`);
+``lam`` is in units of the data's mean information per fine pixel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .model import centre, designs, laplacian, models, moffat_fine, psf_of, ring, star_columns
+
+
+class FitState(eqx.Module):
+    """Everything the fit moves (a pytree: ``jit`` and ``vmap`` pass straight through)."""
+
+    theta: jax.Array  # (4,): log alpha (fine px), log(beta - 1), e1, e2
+    resid: jax.Array  # (K, K) pixel correction
+    xy: jax.Array  # (n, 2) native px in the stamp
+    flux: jax.Array  # (n,)
+    sky: jax.Array  # (n,)
+    w: jax.Array  # (n, S, S) pixel weights in use (1 / sigma^2, 0 = excluded)
+
+    def __check_init__(self):
+        if self.resid.ndim >= 2 and self.resid.shape[-1] != self.resid.shape[-2]:
+            msg = f"resid must be square, got {self.resid.shape}"
+            raise ValueError(msg)
+
+
+class Reg(NamedTuple):
+    """Penalties of the fit (traced numbers: changing them does not recompile)."""
+
+    lam: jax.Array  # curvature strength, units of the mean data information per fine pixel
+    gamma: jax.Array  # 0: curvature of the departure from the Moffat; 1: of the PSF itself
+    a_tv: jax.Array  # total variation (GalfitS's a_tv), per unit of the reduced chi-square
+    a_sky: jax.Array  # prior pulling each star's sky to 0, in units of its uncertainty
+    pin: float = 1.0  # weight of the centroid pin (0: the PSF centroid is free, for fixed star centres)
+
+
+class Static(NamedTuple):
+    size: int
+    k: int
+    psf_size: int
+    n_cg: int
+
+
+def psf(st, sx):
+    return psf_of(st.theta, st.resid, sx.k, sx.psf_size)
+
+
+def star_step(st, d, sx, a_sky, n_gn=3):
+    """Gauss-Newton on each star's (x, y, flux, sky) with the PSF fixed."""
+    p = psf(st, sx)
+    dt = d.dtype
+
+    def one(pos, f, b, data, w):
+        def it(carry, _):
+            pos, f, b = carry
+            m1, cols = star_columns(p, pos, f, sx.size, sx.k, sx.psf_size)
+            r = data - (f * m1 + b)
+            ww = w.reshape(-1)
+            h = cols.T @ (ww[:, None] * cols)
+            g = cols.T @ (ww * r.reshape(-1))
+            sw = jnp.sum(ww)
+            h = h.at[3, 3].add(a_sky * sw)
+            g = g.at[3].add(-a_sky * sw * b)
+            h = h + 1e-6 * jnp.diag(jnp.diag(h)) + 1e-30 * jnp.eye(4, dtype=dt)
+            step = jnp.linalg.solve(h, g)
+            step = jnp.where(jnp.isfinite(step), step, 0.0)
+            dp = jnp.clip(step[:2], -0.3, 0.3)
+            return (pos + dp, f + step[2], b + step[3]), None
+
+        (pos, f, b), _ = jax.lax.scan(it, (pos, f, b), None, length=n_gn)
+        return pos, f, b
+
+    xy, flux, sky = jax.vmap(one)(st.xy, st.flux, st.sky, d, st.w)
+    ok = jnp.sum(st.w > 0, axis=(1, 2)) > 3
+    xy = jnp.where(ok[:, None], xy, st.xy)
+    flux = jnp.where(ok, flux, st.flux)
+    sky = jnp.where(ok, sky, st.sky)
+    return eqx.tree_at(lambda s: (s.xy, s.flux, s.sky), st, (xy, flux, sky))
+
+
+def fit_theta(psf0, k, psf_size, n_it=15):
+    """Moffat parameters of a PSF image by Gauss-Newton (the starting shape)."""
+    dt = psf0.dtype
+    c = centre(k, psf_size)
+    kk = k * psf_size
+    g = jnp.arange(kk, dtype=dt) - c
+    r2 = g[:, None] ** 2 + g[None, :] ** 2
+    wts = psf0.sum()
+    var = jnp.sum(jnp.clip(psf0, 0, None) * r2 * (r2 < (4 * k) ** 2)) / jnp.maximum(wts, 1e-30) / 2
+    fwhm = 2.3548 * jnp.sqrt(jnp.clip(var, 0.25 * k**2, (psf_size * k / 4) ** 2))
+    theta = jnp.stack([jnp.log(fwhm / 1.0197), jnp.log(jnp.asarray(2.0, dt)), jnp.zeros((), dt), jnp.zeros((), dt)])
+
+    # weighted towards the core: the Moffat is a reference shape, its wings matter least
+    wt = jnp.sqrt(jnp.clip(psf0, 0, None) / jnp.maximum(jnp.max(psf0), 1e-30)) + 0.03
+
+    def res(th):
+        return (wt * (moffat_fine(th, k, psf_size) - psf0)).reshape(-1)
+
+    def it(th, _):
+        jac = jax.jacfwd(res)(th)
+        h = jac.T @ jac
+        h = h + 1e-3 * jnp.diag(jnp.diag(h)) + 1e-30 * jnp.eye(4, dtype=dt)
+        step = jnp.linalg.solve(h, -jac.T @ res(th))
+        step = jnp.where(jnp.isfinite(step), jnp.clip(step, -0.5, 0.5), 0.0)
+        return th + step, None
+
+    theta, _ = jax.lax.scan(it, theta, None, length=n_it)
+    return theta
+
+
+def info(st, sx):
+    """The data's information per fine pixel (sum over stars of F^2 w A^2): ``(mean, map / mean)``.
+
+    The curvature penalty is weighted by this map (floored at 1e-3 of the
+    mean), so that its strength relative to the data is the same across the
+    PSF (the bright core of a star carries far less information per pixel
+    than its wings, its Poisson noise being larger), which also makes the
+    normal equations nearly stationary and the Fourier preconditioner exact
+    for evenly weighted stars.
+    """
+    ay, ax = designs(st.xy, sx.size, sx.k, sx.psf_size)
+    f2w = (st.flux**2)[:, None, None] * st.w
+    diag_p = jnp.einsum("syj,syx,sxl->jl", ay**2, f2w, ax**2)
+    scale = jnp.maximum(jnp.mean(diag_p), 1e-30)
+    return jax.lax.stop_gradient(scale), jax.lax.stop_gradient(jnp.maximum(diag_p / scale, 1e-3))
+
+
+def _residual_fn(st, d, reg, sx, shape_phase, inf):
+    """The residual vector (data and every penalty) as a function of (theta, resid, xy, flux, sky)."""
+    dt = d.dtype
+    k, psf_size = sx.k, sx.psf_size
+    kk = k * psf_size
+    g = jnp.arange(kk, dtype=dt) - centre(k, psf_size)
+    sw = jnp.sqrt(st.w)
+    scale, dloc = inf
+    psf_now = psf(st, sx)
+    # pins as stiff as the data's mean information, no stiffer (a stiffer pin ruins CG in float32)
+    lam_c = 10.0 * scale / (kk * jnp.sum(g**2)) * reg.pin
+    peak = jnp.max(psf_now)
+    tv_y = reg.a_tv * scale / (jnp.abs(jnp.diff(psf_now, axis=0)) + 1e-3 * peak)
+    tv_x = reg.a_tv * scale / (jnp.abs(jnp.diff(psf_now, axis=1)) + 1e-3 * peak)
+    nw = jnp.sum(st.w, axis=(1, 2))
+    rg = ring(kk, k, dt)
+    # the ring term only fixes the PSF-pedestal / sky degeneracy; a sky prior (a_sky > 0) does it instead
+    ring_w = jnp.where(reg.a_sky > 0, 0.0, jnp.sqrt(10.0 * scale * jnp.sum(rg))).astype(dt)
+    lam_s = reg.lam * scale
+    lam_0 = 1e-6 * scale  # keeps pixels no star constrains (all masked) at the Moffat
+
+    def resid(th):
+        theta, rpix, xy, flux, sky = th
+        # shape phase fits the Moffat (correction frozen), the pixel phase the correction (Moffat frozen):
+        # fitted together they are nearly degenerate and CG crawls
+        theta = jnp.where(shape_phase, theta, jax.lax.stop_gradient(theta))
+        rpix = jnp.where(shape_phase, jax.lax.stop_gradient(rpix), rpix)
+        mof = moffat_fine(theta, k, psf_size)
+        p = psf_of(theta, rpix, k, psf_size)
+        m = models(p, xy, flux, sky, sx.size, k, psf_size)
+        cx = jnp.sum(p.sum(0) * g)
+        cy = jnp.sum(p.sum(1) * g)
+        ring_mean = jnp.sum(rg * rpix) / jnp.sum(rg)
+        # the PSF is normalised, so the scale of moffat + resid is free: pinned at 1 (else a null direction)
+        total = jnp.sqrt(10.0 * scale) / kk * (jnp.sum(mof + rpix) - 1.0)
+        return ((d - m) * sw, jnp.stack([jnp.sqrt(lam_c) * cx, jnp.sqrt(lam_c) * cy, ring_mean * ring_w, total]),
+                jnp.sqrt(lam_s * dloc) * laplacian(rpix + reg.gamma * mof), jnp.sqrt(lam_0) * rpix,
+                jnp.sqrt(tv_y) * jnp.diff(p, axis=0), jnp.sqrt(tv_x) * jnp.diff(p, axis=1),
+                jnp.sqrt(reg.a_sky * nw) * sky)
+
+    return resid
+
+
+def objective(st, d, reg, sx, shape_phase, inf):
+    """Total objective (chi-square plus penalties) at ``st``; ``inf`` (:func:`info`) fixes the penalties' units."""
+    r = _residual_fn(st, d, reg, sx, shape_phase, inf)((st.theta, st.resid, st.xy, st.flux, st.sky))
+    return sum(jnp.sum(x**2) for x in r)
+
+
+def normal_system(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
+    """The damped Gauss-Newton normal equations, reduced to the PSF by eliminating the stars.
+
+    Returns ``(schur, rhs, precondition, back_substitute)``: solve
+    ``schur(dp) = rhs`` for the PSF part ``dp = (d_theta, d_resid)``, then
+    ``back_substitute(dp)`` gives the full step ``(theta, resid, xy, flux, sky)``.
+    ``mu`` is the Levenberg-Marquardt damping (a fraction of each
+    parameter's own curvature added to the normal equations).  With
+    ``fix_stars`` only the PSF moves (centres, fluxes and skies held).
+    """
+    dt = d.dtype
+    k, psf_size, size = sx.k, sx.psf_size, sx.size
+    kk = k * psf_size
+    g = jnp.arange(kk, dtype=dt) - centre(k, psf_size)
+    inf = info(st, sx) if inf is None else inf
+    scale, dloc = inf
+    _, dnow = info(st, sx)
+    diag_p = dnow * scale
+    psf_now = psf(st, sx)
+    lam_c = 10.0 * scale / kk**2
+    lam_s = reg.lam * scale
+    nw = jnp.sum(st.w, axis=(1, 2))
+    theta0 = (st.theta, st.resid, st.xy, st.flux, st.sky)
+    r0, jvp = jax.linearize(_residual_fn(st, d, reg, sx, shape_phase, inf), theta0)
+    jt = jax.linear_transpose(jvp, theta0)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, theta0)
+
+    def normal(v):
+        (out,) = jt(jvp(v))
+        return out
+
+    # exact 4x4 normal-equation block of every star (x, y, flux, sky): the stars do not
+    # interact, so they are eliminated exactly (Schur complement) and CG runs on the PSF alone
+    def star_block(pos, f, w, nwi):
+        _, cols = star_columns(psf_now, pos, f, size, k, psf_size)
+        h = cols.T @ (w.reshape(-1)[:, None] * cols)
+        h = h.at[3, 3].add(reg.a_sky * nwi)
+        return h + (mu + 1e-6) * jnp.diag(jnp.diag(h)) + 1e-20 * jnp.eye(4, dtype=dt) * (jnp.trace(h) + 1e-30)
+
+    blocks = jax.vmap(star_block)(st.xy, st.flux, st.w, nw)
+    live = (jnp.sum(st.w > 0, axis=(1, 2)) > 3) & (not fix_stars)
+    blocks = jnp.where(live[:, None, None], blocks, jnp.eye(4, dtype=dt))
+    binv = jnp.where(live[:, None, None], jnp.linalg.inv(blocks), 0.0)  # a star without pixels moves nothing
+
+    def split_star(v):
+        return jnp.concatenate([v[2], v[3][:, None], v[4][:, None]], axis=1)  # (n, 4)
+
+    def join_star(z):
+        return (jnp.zeros(4, dt), jnp.zeros((kk, kk), dt), z[:, :2], z[:, 2], z[:, 3])
+
+    def as_full(vp):
+        return (vp[0], vp[1], zeros[2], zeros[3], zeros[4])
+
+    def theta_col(i):
+        e = (jnp.zeros(4, dt).at[i].set(1.0),) + tuple(zeros[1:])
+        return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(jvp(e)))
+
+    # out of the shape phase the Moffat is frozen: an identity block keeps the system regular
+    frozen = jnp.where(shape_phase, 0.0, scale).astype(dt)
+    d_theta = jnp.stack([theta_col(i) for i in range(4)]) + frozen
+    # in the variable u = sqrt(diag) * resid the PSF block is close to a stationary operator: the
+    # data couple the fine pixels of one native pixel (a k-wide triangle per axis, whatever the
+    # sub-pixel phases), the information-weighted curvature penalty acts as lam * Laplacian^2;
+    # precondition with that operator's inverse in Fourier space
+    dr = diag_p * (1.0 + 20.0 * reg.lam * dloc / jnp.maximum(dnow, 1e-3)) + 1e-6 * scale
+    fx = jnp.fft.fftfreq(kk).astype(dt)
+    tri = jnp.where(jnp.abs(fx) > 0,
+                    (jnp.sin(jnp.pi * fx * k) / (k * jnp.sin(jnp.pi * jnp.where(fx == 0, 1.0, fx)))) ** 2, 1.0)
+    chat = tri[:, None] * tri[None, :]
+    chat = chat / jnp.mean(chat)
+    lhat = (2 * jnp.cos(2 * jnp.pi * fx)[:, None] + 2 * jnp.cos(2 * jnp.pi * fx)[None, :] - 4) ** 2
+    gf = 1.0 / ((1 + mu) * chat + reg.lam * lhat + 1e-6 + mu)
+    sdr = 1.0 / jnp.sqrt(jnp.maximum(diag_p, 1e-3 * scale))
+
+    def pre_r(v):
+        return sdr * jnp.real(jnp.fft.ifft2(gf * jnp.fft.fft2(sdr * v))).astype(dt)
+
+    def schur(vp):
+        full = normal(as_full(vp))
+        z = jnp.einsum("sij,sj->si", binv, split_star(full))
+        bz = normal(join_star(z))
+        return (full[0] - bz[0] + (mu * d_theta + frozen) * vp[0], full[1] - bz[1] + mu * dr * vp[1])
+
+    (grad,) = jt(r0)
+    rhs = jax.tree_util.tree_map(lambda a: -a, grad)
+    z0 = jnp.einsum("sij,sj->si", binv, split_star(rhs))
+    bz0 = normal(join_star(z0))
+    rhs_p = (rhs[0] - bz0[0], rhs[1] - bz0[1])
+
+    def precondition(v):
+        return (v[0] / ((1 + mu) * d_theta + 1e-30), pre_r(v[1]))
+
+    def back_substitute(dp):
+        bt = normal(as_full(dp))
+        ds = jnp.einsum("sij,sj->si", binv, split_star(rhs) - split_star(bt))
+        return (dp[0], dp[1], ds[:, :2], ds[:, 2], ds[:, 3])
+
+    return schur, rhs_p, precondition, back_substitute
+
+
+def gn_step(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
+    """One damped Gauss-Newton step on every parameter (see :func:`normal_system`); the proposed state."""
+    schur, rhs, precondition, back_substitute = normal_system(st, d, reg, mu, sx, shape_phase, inf, fix_stars)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, rhs)
+    dp, _ = jax.scipy.sparse.linalg.cg(schur, rhs, x0=zero, M=precondition, maxiter=sx.n_cg, tol=1e-6)
+    delta = back_substitute(dp)
+    delta = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), delta)
+    live = jnp.sum(st.w > 0, axis=(1, 2)) > 3
+    theta = st.theta + jnp.clip(delta[0], -0.3, 0.3)
+    rpix = st.resid + delta[1]
+    xy = st.xy + jnp.clip(delta[2], -0.3, 0.3)
+    flux = st.flux + delta[3]
+    sky = st.sky + delta[4]
+    ok = live
+    xy = jnp.where(ok[:, None], xy, st.xy)
+    flux = jnp.where(ok, flux, st.flux)
+    sky = jnp.where(ok, sky, st.sky)
+    return eqx.tree_at(lambda s: (s.theta, s.resid, s.xy, s.flux, s.sky), st, (theta, rpix, xy, flux, sky))
+
+
+class LoopState(NamedTuple):
+    st: FitState
+    mu: jax.Array
+    loss: jax.Array
+    i: jax.Array
+    dpsf: jax.Array
+    done: jax.Array
+    hist: jax.Array
+
+
+def converge(st, d, reg, sx, *, max_iter, tol, shape_phase=False, hist_len=None):
+    """Damped Gauss-Newton steps until the PSF stops changing (``tol`` of its peak, rms) or ``max_iter``.
+
+    Returns ``(state, loss_history, n_iter, converged, last_change)``; the
+    history is the objective per pixel in use after each step (NaN beyond
+    ``n_iter``), on a fixed pixel set, so it never rises.  ``max_iter``,
+    ``tol`` and ``shape_phase`` may be traced (one compiled loop serves every
+    phase of the fit); ``hist_len`` (static) bounds the history.
+    """
+    hist_len = int(max_iter) if hist_len is None else hist_len
+    dt = d.dtype
+    npix = jnp.maximum(jnp.sum(st.w > 0), 1).astype(dt)
+    inf = info(st, sx)
+    loss0 = objective(st, d, reg, sx, shape_phase, inf)
+
+    def cond(ls):
+        return (ls.i < max_iter) & ~ls.done
+
+    def body(ls):
+        old = psf(ls.st, sx)
+        prop = gn_step(ls.st, d, reg, ls.mu, sx, shape_phase, inf)
+        new_loss = objective(prop, d, reg, sx, shape_phase, inf)
+        accept = jnp.isfinite(new_loss) & (new_loss <= ls.loss)
+        st = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), prop, ls.st)
+        new = psf(st, sx)
+        change = jnp.sqrt(jnp.mean((new - old) ** 2)) / jnp.max(new)
+        dpsf = jnp.where(accept, change, ls.dpsf)
+        loss = jnp.where(accept, new_loss, ls.loss)
+        rel = (ls.loss - loss) / jnp.maximum(ls.loss, 1e-30)
+        mu = jnp.where(accept, jnp.maximum(ls.mu / 4, 1e-6), ls.mu * 8)
+        # converged: an accepted step that moved the PSF by less than tol, or no step can lower
+        # the objective any more (float precision) after the PSF had settled
+        done = (accept & (change < tol)) | (accept & (rel < 1e-7) & (change < 10 * tol)) \
+            | ((mu > 1e4) & (ls.dpsf < 10 * tol))
+        hist = ls.hist.at[jnp.minimum(ls.i, hist_len - 1)].set(loss / npix)
+        return LoopState(st, mu, loss, ls.i + jnp.int32(1), dpsf, done, hist)
+
+    init = LoopState(st, jnp.asarray(1e-3, dt), loss0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dt),
+                     jnp.asarray(False), jnp.full((hist_len,), jnp.nan, dt))
+    out = jax.lax.while_loop(cond, body, init)
+    return out.st, out.hist, out.i, out.done, out.dpsf
+
+
+def chi2_map(st, d, sx):
+    m = models(psf(st, sx), st.xy, st.flux, st.sky, sx.size, sx.k, sx.psf_size)
+    return (d - m) * jnp.sqrt(st.w)
