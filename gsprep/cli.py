@@ -229,13 +229,15 @@ def build_parser():
     ps.add_argument("--fwhm", type=float, required=True, help="PSF FWHM guess, pixels")
     ps.add_argument("--out", required=True, help="PSF FITS file to write")
     ps.add_argument("--hdu", type=int, default=0, help="HDU of the image (default %(default)s)")
-    ps.add_argument("--unit", default="cR", choices=["cR", "counts"], help="count rate (counts/s) or counts (default %(default)s)")
+    ps.add_argument("--unit", default="cR", choices=["cR", "counts"],
+                    help="count rate (counts/s) or counts (default %(default)s)")
     ps.add_argument("--exptime", type=float, default=None,
                     help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")
     ps.add_argument("--gain", type=float, default=None, help="e-/ADU (default: GAIN from the header, else 1)")
     ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec) to match")
     ps.add_argument("--gaia", action="store_true", help="match against Gaia DR3 (network, cached)")
-    ps.add_argument("--match-radius", type=float, default=None, help="reference match radius, arcsec (default 1.5 x FWHM)")
+    ps.add_argument("--match-radius", type=float, default=None,
+                    help="reference match radius, arcsec (default 1.5 x FWHM)")
     ps.add_argument("--size", type=int, default=25, help="stamp size, pixels, odd (default %(default)s)")
     ps.add_argument("--oversampling", type=int, default=2, help="PSF sub-pixels per pixel (default %(default)s)")
     ps.add_argument("--nsigma", type=float, default=5.0, help="star detection threshold, x noise (default %(default)s)")

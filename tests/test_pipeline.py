@@ -194,7 +194,8 @@ def test_config_options_are_checked_when_read_naming_the_toml_key(tmp_path, opti
     (f"ra = {RA}", "ra = 510.1", r"config: \[target\] ra must be within \[0, 360\) degrees"),
     ("r = 20.0", 'r = "20"', r"config: \[target\] r must be a positive number, got '20'"),
     ("fwhm = 2.6", "fwhm = -2.6", r"config: \[bands.g\] fwhm must be a finite number > 0"),
-    ("zeropoint = 25.0\n\n[bands.r]", 'zeropoint = 25.0\nunit = "Jy"\n\n[bands.r]', r"config: \[bands.g\] unit must be one of"),
+    ("zeropoint = 25.0\n\n[bands.r]", 'zeropoint = 25.0\nunit = "Jy"\n\n[bands.r]',
+     r"config: \[bands.g\] unit must be one of"),
     ("[bands.g]", "[criteria]\ndrop = 5\n\n[bands.g]", r"config: \[criteria\] drop must be a sequence of star ids"),
     ("[bands.g]", "[criteria]\nq_min = 'a'\n\n[bands.g]", r"config: \[criteria\] q_min must be a number, got 'a'"),
 ])
