@@ -18,8 +18,11 @@ maps given to every method (no masks).  Each row runs, on the same stamps:
   the truth; the *smallest* error is reported, so ratios are the least
   favourable ones to gsprep.
 * **oracle** ``gsprep.psf.oracle_psf(stamps, sigmas, masks, centers, fluxes,
-  sky, oversampling=k)`` (an optimally weighted stack with the true centres,
-  fluxes and sky) when it exists, else "n/a"; scored like the references.
+  sky, oversampling=k, strength=s)`` (an optimally weighted stack with the
+  true centres, fluxes and sky, and a curvature penalty ``s`` for the
+  sub-pixel frequencies no star samples), the best over ``s`` in
+  ``ORACLE_STRENGTHS`` as judged by the truth: the noise limit; scored like
+  the references.
 
 PSF error: rms and max of (estimate - truth) / truth peak within 3 FWHM of
 the centre on the fine grid, the estimate normalised to the truth's sum in
@@ -75,6 +78,9 @@ def _gsprep_api():
 
 
 API = _gsprep_api()
+
+
+ORACLE_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def _oracle():
@@ -146,9 +152,12 @@ def run_row(name, n, seed, psfex=True, psfex_sampling="fixed"):
     oracle = _oracle()
     if oracle is not None:
         t0 = time.perf_counter()
-        op = oracle(data, sigma, None, xy, flux, st["sky"], oversampling=k)
+        # the best over curvature strengths, judged by the truth: a lower bound for any regulariser
+        cands = [pf.score_candidates(_gsprep_kinds(np.asarray(
+            oracle(data, sigma, None, xy, flux, st["sky"], oversampling=k, strength=s), float), k), name, pick=min)
+            for s in ORACLE_STRENGTHS]
         o_time = time.perf_counter() - t0
-        o = pf.score_candidates(_gsprep_kinds(np.asarray(op, float), k), name, pick=min)
+        o = min(cands, key=lambda c: c["rms"])
         o["time"] = o_time
     row.update(o_rms=o["rms"], o_max=o["max"], o_kind=o["kind"], o_time=o["time"])
     return row

@@ -28,7 +28,7 @@ import numpy as np
 from .._checks import check_integer, check_nonnegative, check_positive
 from .model import models, moffat_fine, psf_shape
 from .robust import robust_weights
-from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, star_step
+from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, rebase, star_step
 from .start import band_start, bucket, centroids, initial, pad_stars, prepare_arrays
 from .validation import GRID, KINDS, assign_folds, choose, heldout_scores
 
@@ -143,15 +143,12 @@ def _start_fn(st, psf0, d, a_sky, *, sx):
 
 
 def _rebase_fn(st, *, sx):
-    """The reference Moffat refitted to the current PSF (the PSF itself unchanged)."""
-    p = psf(st, sx)
-    theta = fit_theta(p, sx.k, sx.psf_size)
-    return FitState(theta, p - moffat_fine(theta, sx.k, sx.psf_size), st.xy, st.flux, st.sky, st.w)
+    return rebase(st, sx)
 
 
-def _phase_fn(st, d, reg, max_iter, tol, shape_phase, *, sx, hist_len):
+def _phase_fn(st, d, reg, max_iter, tol, *, sx, hist_len):
     """One phase of damped Gauss-Newton steps (one compiled loop serves every phase)."""
-    return converge(st, d, reg, sx, max_iter=max_iter, tol=tol, shape_phase=shape_phase, hist_len=hist_len)
+    return converge(st, d, reg, sx, max_iter=max_iter, tol=tol, hist_len=hist_len)
 
 
 def _robust_fn(st, d, w0, flagged, clip, chi2_nsigma, *, sx):
@@ -161,7 +158,7 @@ def _robust_fn(st, d, w0, flagged, clip, chi2_nsigma, *, sx):
 
 def _cv_fn(st, d, fold, grid, a_tv, a_sky, *, sx, n_folds):
     """Held-out scores of every candidate regularisation, and the best one."""
-    chi2, dof, rff, nstar = heldout_scores(st, d, fold, jnp.arange(n_folds), grid, a_tv, a_sky, sx)
+    chi2, dof, rff, nstar = heldout_scores(st, d, fold, jnp.arange(n_folds, dtype=fold.dtype), grid, a_tv, a_sky, sx)
     best = choose(chi2, dof)
     scores = jnp.stack([grid[:, 0], grid[:, 1], jnp.sum(chi2, 0) / jnp.maximum(jnp.sum(dof, 0), 1)], axis=1)
     held = jnp.stack([jnp.sum(chi2[:, best]) / jnp.maximum(jnp.sum(dof[:, best]), 1),
@@ -175,7 +172,7 @@ def _finish_fn(st, *, sx):
 
 
 _start, _start_b = _jit_bands(_start_fn, ("sx",), (0, 0, 0, None))
-_phase, _phase_b = _jit_bands(_phase_fn, ("sx", "hist_len"), (0, 0, Reg(0, 0, None, None, None), None, None, None))
+_phase, _phase_b = _jit_bands(_phase_fn, ("sx", "hist_len"), (0, 0, Reg(0, 0, None, None, None), None, None))
 _robust, _robust_b = _jit_bands(_robust_fn, ("sx",), (0, 0, 0, 0, None, None))
 _cv, _cv_b = _jit_bands(_cv_fn, ("sx", "n_folds"), (0, 0, 0, None, None, None))
 _finish, _finish_b = _jit_bands(_finish_fn, ("sx",), (0,))
@@ -205,13 +202,13 @@ def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol,
     w0 = st.w
     st = f_start(st, psf0, d, a_sky, sx=sx)
     reg0 = reg_of(const(1.0), const(0.01))
-    st = f_phase(st, d, reg0, it(4), tol, jnp.asarray(False), sx=sx, hist_len=hist_len)[0]
+    st = f_phase(st, d, reg0, it(4), tol, sx=sx, hist_len=hist_len)[0]
     flagged = jnp.zeros(d.shape[:-2], bool)
     many = jnp.zeros(d.shape[:-2], bool)
     if robust:
         for nsig in (jnp.inf, chi2_nsigma):
             st, flagged, many = f_robust(st, d, w0, flagged, clip, jnp.asarray(nsig, dt), sx=sx)
-            st = f_phase(st, d, reg0, it(3), tol, jnp.asarray(False), sx=sx, hist_len=hist_len)[0]
+            st = f_phase(st, d, reg0, it(3), tol, sx=sx, hist_len=hist_len)[0]
     # the "profile" regularisation's reference: the Moffat closest to the PSF the stars now give
     st = f_rebase(st, sx=sx)
     # 3. the regularisation that best predicts held-out stars
@@ -223,8 +220,7 @@ def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol,
         scores = jnp.full(d.shape[:-3] + (len(GRID), 3), jnp.nan, dt)
         held = jnp.full(d.shape[:-3] + (2,), jnp.nan, dt)
     # 4. the final fit, to convergence, on a fixed pixel set
-    st, hist, n_iter, done, dpsf = f_phase(st, d, reg_of(gamma, lam), it(max_iter), tol, jnp.asarray(False), sx=sx,
-                                           hist_len=hist_len)
+    st, hist, n_iter, done, dpsf = f_phase(st, d, reg_of(gamma, lam), it(max_iter), tol, sx=sx, hist_len=hist_len)
     p, m = f_finish(st, sx=sx)
     return dict(st=st, psf=p, model=m, flagged=flagged, many=many, hist=hist, n_iter=n_iter, converged=done,
                 dpsf=dpsf, gamma=gamma, lam=lam, cv=scores, held_chi2=held[..., 0], held_rff=held[..., 1])
@@ -494,7 +490,12 @@ def fit_stars(psf_arr, stamps, sigmas, masks=None, *, oversampling=1, centers=No
 @partial(jax.jit, static_argnames=("sx", "n_steps"))
 def _oracle_core(st, d, reg, sx, n_steps):
     for _ in range(n_steps):
-        st = gn_step(st, d, reg, jnp.asarray(0.0, d.dtype), sx, False, fix_stars=True)
+        st = gn_step(st, d, reg, jnp.asarray(0.0, d.dtype), sx, fix_stars=True)
+        # one flux scale for all stars: the true fluxes include light beyond the PSF grid
+        m = models(psf(st, sx), st.xy, st.flux, jnp.zeros_like(st.sky), sx.size, sx.k, sx.psf_size)
+        y = d - st.sky[:, None, None]
+        c = jnp.sum(st.w * y * m) / jnp.sum(st.w * m * m)
+        st = FitState(st.theta, st.resid, st.xy, st.flux * c, st.sky, st.w)
     return psf(st, sx)
 
 
@@ -503,8 +504,9 @@ def oracle_psf(stamps, sigmas, masks, centers, fluxes, sky, *, oversampling, str
 
     An optimally weighted stack (every pixel weighted by ``1/sigma^2``) on
     gsprep's fine grid, with only a vanishing curvature penalty
-    (``strength``) to fix sub-pixel frequencies no star samples.  For
-    benchmarks: its error against the truth is what noise alone leaves.
+    (``strength``) to fix sub-pixel frequencies no star samples, and one
+    flux scale shared by all stars (the light the PSF grid does not hold).
+    For benchmarks: its error against the truth is what noise alone leaves.
     """
     d, w = prepare_arrays(stamps, sigmas, masks)
     n, size, _ = d.shape
@@ -515,4 +517,4 @@ def oracle_psf(stamps, sigmas, masks, centers, fluxes, sky, *, oversampling, str
                   jnp.asarray(centers, dt), jnp.asarray(fluxes, dt), jnp.asarray(sky, dt), jnp.asarray(w, dt))
     z = jnp.asarray(0.0, dt)
     reg = Reg(jnp.asarray(strength, dt), jnp.asarray(1.0, dt), z, z, jnp.asarray(0.0, dt))
-    return np.asarray(_oracle_core(st, jnp.asarray(d, dt), reg, Static(size, k, size, n_cg), 3), float)
+    return np.asarray(_oracle_core(st, jnp.asarray(d, dt), reg, Static(size, k, size, n_cg), 4), float)

@@ -87,5 +87,5 @@ def robust_weights(st, d, w0, flagged, sx, clip, chi2_nsigma):
     out = live & (chi > med + chi2_nsigma * jnp.maximum(mad, 0.05 * med)) & (chi > 1.5) & (jnp.sum(live) >= 5)
     flagged = flagged | out
     w = jnp.where(flagged[:, None, None], 0.0, w)
-    many = jnp.sum(grown & (w0 > 0), axis=(1, 2)) > 0.25 * jnp.maximum(jnp.sum(w0 > 0, axis=(1, 2)), 1)
+    many = 4 * jnp.sum(grown & (w0 > 0), axis=(1, 2)) > jnp.maximum(jnp.sum(w0 > 0, axis=(1, 2)), 1)
     return w, flagged, many

@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .model import centre, designs, laplacian, models, moffat_fine, psf_of, ring, star_columns
+from .model import centre, designs, laplacian, models, moffat_fine, normalise, psf_of, ring, star_columns
 
 
 class FitState(eqx.Module):
@@ -105,7 +105,7 @@ def fit_theta(psf0, k, psf_size, n_it=15):
     g = jnp.arange(kk, dtype=dt) - c
     r2 = g[:, None] ** 2 + g[None, :] ** 2
     wts = psf0.sum()
-    var = jnp.sum(jnp.clip(psf0, 0, None) * r2 * (r2 < (4 * k) ** 2)) / jnp.maximum(wts, 1e-30) / 2
+    var = jnp.sum(jnp.where(r2 < (4 * k) ** 2, jnp.clip(psf0, 0, None) * r2, 0.0)) / jnp.maximum(wts, 1e-30) / 2
     fwhm = 2.3548 * jnp.sqrt(jnp.clip(var, 0.25 * k**2, (psf_size * k / 4) ** 2))
     theta = jnp.stack([jnp.log(fwhm / 1.0197), jnp.log(jnp.asarray(2.0, dt)), jnp.zeros((), dt), jnp.zeros((), dt)])
 
@@ -144,8 +144,12 @@ def info(st, sx):
     return jax.lax.stop_gradient(scale), jax.lax.stop_gradient(jnp.maximum(diag_p / scale, 1e-3))
 
 
-def _residual_fn(st, d, reg, sx, shape_phase, inf):
-    """The residual vector (data and every penalty) as a function of (theta, resid, xy, flux, sky)."""
+def _residual_fn(st, d, reg, sx, inf):
+    """The residual vector (data and every penalty) as a function of ``(resid, xy, flux, sky)``.
+
+    The reference Moffat (``st.theta``) is fixed: it is refitted to the PSF
+    between phases (:func:`rebase`), never moved by these steps.
+    """
     dt = d.dtype
     k, psf_size = sx.k, sx.psf_size
     kk = k * psf_size
@@ -153,6 +157,7 @@ def _residual_fn(st, d, reg, sx, shape_phase, inf):
     sw = jnp.sqrt(st.w)
     scale, dloc = inf
     psf_now = psf(st, sx)
+    mof = moffat_fine(st.theta, k, psf_size)
     # pins as stiff as the data's mean information, no stiffer (a stiffer pin ruins CG in float32)
     lam_c = 10.0 * scale / (kk * jnp.sum(g**2)) * reg.pin
     peak = jnp.max(psf_now)
@@ -166,13 +171,8 @@ def _residual_fn(st, d, reg, sx, shape_phase, inf):
     lam_0 = 1e-6 * scale  # keeps pixels no star constrains (all masked) at the Moffat
 
     def resid(th):
-        theta, rpix, xy, flux, sky = th
-        # shape phase fits the Moffat (correction frozen), the pixel phase the correction (Moffat frozen):
-        # fitted together they are nearly degenerate and CG crawls
-        theta = jnp.where(shape_phase, theta, jax.lax.stop_gradient(theta))
-        rpix = jnp.where(shape_phase, jax.lax.stop_gradient(rpix), rpix)
-        mof = moffat_fine(theta, k, psf_size)
-        p = psf_of(theta, rpix, k, psf_size)
+        rpix, xy, flux, sky = th
+        p = normalise(mof + rpix)
         m = models(p, xy, flux, sky, sx.size, k, psf_size)
         cx = jnp.sum(p.sum(0) * g)
         cy = jnp.sum(p.sum(1) * g)
@@ -187,18 +187,18 @@ def _residual_fn(st, d, reg, sx, shape_phase, inf):
     return resid
 
 
-def objective(st, d, reg, sx, shape_phase, inf):
+def objective(st, d, reg, sx, inf):
     """Total objective (chi-square plus penalties) at ``st``; ``inf`` (:func:`info`) fixes the penalties' units."""
-    r = _residual_fn(st, d, reg, sx, shape_phase, inf)((st.theta, st.resid, st.xy, st.flux, st.sky))
+    r = _residual_fn(st, d, reg, sx, inf)((st.resid, st.xy, st.flux, st.sky))
     return sum(jnp.sum(x**2) for x in r)
 
 
-def normal_system(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
+def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
     """The damped Gauss-Newton normal equations, reduced to the PSF by eliminating the stars.
 
     Returns ``(schur, rhs, precondition, back_substitute)``: solve
-    ``schur(dp) = rhs`` for the PSF part ``dp = (d_theta, d_resid)``, then
-    ``back_substitute(dp)`` gives the full step ``(theta, resid, xy, flux, sky)``.
+    ``schur(dp) = rhs`` for the PSF's pixel correction ``dp``, then
+    ``back_substitute(dp)`` gives the full step ``(resid, xy, flux, sky)``.
     ``mu`` is the Levenberg-Marquardt damping (a fraction of each
     parameter's own curvature added to the normal equations).  With
     ``fix_stars`` only the PSF moves (centres, fluxes and skies held).
@@ -206,19 +206,16 @@ def normal_system(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
     dt = d.dtype
     k, psf_size, size = sx.k, sx.psf_size, sx.size
     kk = k * psf_size
-    g = jnp.arange(kk, dtype=dt) - centre(k, psf_size)
     inf = info(st, sx) if inf is None else inf
     scale, dloc = inf
     _, dnow = info(st, sx)
     diag_p = dnow * scale
     psf_now = psf(st, sx)
-    lam_c = 10.0 * scale / kk**2
-    lam_s = reg.lam * scale
     nw = jnp.sum(st.w, axis=(1, 2))
-    theta0 = (st.theta, st.resid, st.xy, st.flux, st.sky)
-    r0, jvp = jax.linearize(_residual_fn(st, d, reg, sx, shape_phase, inf), theta0)
-    jt = jax.linear_transpose(jvp, theta0)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, theta0)
+    x0 = (st.resid, st.xy, st.flux, st.sky)
+    r0, jvp = jax.linearize(_residual_fn(st, d, reg, sx, inf), x0)
+    jt = jax.linear_transpose(jvp, x0)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, x0)
 
     def normal(v):
         (out,) = jt(jvp(v))
@@ -232,27 +229,23 @@ def normal_system(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
         h = h.at[3, 3].add(reg.a_sky * nwi)
         return h + (mu + 1e-6) * jnp.diag(jnp.diag(h)) + 1e-20 * jnp.eye(4, dtype=dt) * (jnp.trace(h) + 1e-30)
 
-    blocks = jax.vmap(star_block)(st.xy, st.flux, st.w, nw)
-    live = (jnp.sum(st.w > 0, axis=(1, 2)) > 3) & (not fix_stars)
-    blocks = jnp.where(live[:, None, None], blocks, jnp.eye(4, dtype=dt))
-    binv = jnp.where(live[:, None, None], jnp.linalg.inv(blocks), 0.0)  # a star without pixels moves nothing
+    live = jnp.sum(st.w > 0, axis=(1, 2)) > 3
+    if fix_stars:
+        binv = jnp.zeros((st.xy.shape[0], 4, 4), dt)
+    else:
+        blocks = jax.vmap(star_block)(st.xy, st.flux, st.w, nw)
+        blocks = jnp.where(live[:, None, None], blocks, jnp.eye(4, dtype=dt))
+        binv = jnp.where(live[:, None, None], jnp.linalg.inv(blocks), 0.0)  # a star without pixels moves nothing
 
     def split_star(v):
-        return jnp.concatenate([v[2], v[3][:, None], v[4][:, None]], axis=1)  # (n, 4)
+        return jnp.concatenate([v[1], v[2][:, None], v[3][:, None]], axis=1)  # (n, 4)
 
     def join_star(z):
-        return (jnp.zeros(4, dt), jnp.zeros((kk, kk), dt), z[:, :2], z[:, 2], z[:, 3])
+        return (zeros[0], z[:, :2], z[:, 2], z[:, 3])
 
     def as_full(vp):
-        return (vp[0], vp[1], zeros[2], zeros[3], zeros[4])
+        return (vp, zeros[1], zeros[2], zeros[3])
 
-    def theta_col(i):
-        e = (jnp.zeros(4, dt).at[i].set(1.0),) + tuple(zeros[1:])
-        return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(jvp(e)))
-
-    # out of the shape phase the Moffat is frozen: an identity block keeps the system regular
-    frozen = jnp.where(shape_phase, 0.0, scale).astype(dt)
-    d_theta = jnp.stack([theta_col(i) for i in range(4)]) + frozen
     # in the variable u = sqrt(diag) * resid the PSF block is close to a stationary operator: the
     # data couple the fine pixels of one native pixel (a k-wide triangle per axis, whatever the
     # sub-pixel phases), the information-weighted curvature penalty acts as lam * Laplacian^2;
@@ -267,50 +260,47 @@ def normal_system(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
     gf = 1.0 / ((1 + mu) * chat + reg.lam * lhat + 1e-6 + mu)
     sdr = 1.0 / jnp.sqrt(jnp.maximum(diag_p, 1e-3 * scale))
 
-    def pre_r(v):
-        return sdr * jnp.real(jnp.fft.ifft2(gf * jnp.fft.fft2(sdr * v))).astype(dt)
+    def precondition(v):
+        return sdr * jnp.real(jnp.fft.ifft2(gf.astype(jnp.complex128 if dt == jnp.float64 else jnp.complex64) * jnp.fft.fft2(sdr * v))).astype(dt)
 
     def schur(vp):
         full = normal(as_full(vp))
-        z = jnp.einsum("sij,sj->si", binv, split_star(full))
-        bz = normal(join_star(z))
-        return (full[0] - bz[0] + (mu * d_theta + frozen) * vp[0], full[1] - bz[1] + mu * dr * vp[1])
+        if fix_stars:
+            return full[0] + mu * dr * vp
+        bz = normal(join_star(jnp.einsum("sij,sj->si", binv, split_star(full))))
+        return full[0] - bz[0] + mu * dr * vp
 
     (grad,) = jt(r0)
     rhs = jax.tree_util.tree_map(lambda a: -a, grad)
-    z0 = jnp.einsum("sij,sj->si", binv, split_star(rhs))
-    bz0 = normal(join_star(z0))
-    rhs_p = (rhs[0] - bz0[0], rhs[1] - bz0[1])
-
-    def precondition(v):
-        return (v[0] / ((1 + mu) * d_theta + 1e-30), pre_r(v[1]))
+    rhs_p = rhs[0] if fix_stars else rhs[0] - normal(join_star(jnp.einsum("sij,sj->si", binv, split_star(rhs))))[0]
 
     def back_substitute(dp):
-        bt = normal(as_full(dp))
-        ds = jnp.einsum("sij,sj->si", binv, split_star(rhs) - split_star(bt))
-        return (dp[0], dp[1], ds[:, :2], ds[:, 2], ds[:, 3])
+        if fix_stars:
+            return (dp, zeros[1], zeros[2], zeros[3])
+        ds = jnp.einsum("sij,sj->si", binv, split_star(rhs) - split_star(normal(as_full(dp))))
+        return (dp, ds[:, :2], ds[:, 2], ds[:, 3])
 
     return schur, rhs_p, precondition, back_substitute
 
 
-def gn_step(st, d, reg, mu, sx, shape_phase, inf=None, fix_stars=False):
+def gn_step(st, d, reg, mu, sx, inf=None, fix_stars=False):
     """One damped Gauss-Newton step on every parameter (see :func:`normal_system`); the proposed state."""
-    schur, rhs, precondition, back_substitute = normal_system(st, d, reg, mu, sx, shape_phase, inf, fix_stars)
-    zero = jax.tree_util.tree_map(jnp.zeros_like, rhs)
-    dp, _ = jax.scipy.sparse.linalg.cg(schur, rhs, x0=zero, M=precondition, maxiter=sx.n_cg, tol=1e-6)
+    schur, rhs, precondition, back_substitute = normal_system(st, d, reg, mu, sx, inf, fix_stars)
+    dp, _ = jax.scipy.sparse.linalg.cg(schur, rhs, x0=jnp.zeros_like(rhs), M=precondition, maxiter=sx.n_cg, tol=1e-6)
     delta = back_substitute(dp)
     delta = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), delta)
     live = jnp.sum(st.w > 0, axis=(1, 2)) > 3
-    theta = st.theta + jnp.clip(delta[0], -0.3, 0.3)
-    rpix = st.resid + delta[1]
-    xy = st.xy + jnp.clip(delta[2], -0.3, 0.3)
-    flux = st.flux + delta[3]
-    sky = st.sky + delta[4]
-    ok = live
-    xy = jnp.where(ok[:, None], xy, st.xy)
-    flux = jnp.where(ok, flux, st.flux)
-    sky = jnp.where(ok, sky, st.sky)
-    return eqx.tree_at(lambda s: (s.theta, s.resid, s.xy, s.flux, s.sky), st, (theta, rpix, xy, flux, sky))
+    xy = jnp.where(live[:, None], st.xy + jnp.clip(delta[1], -0.3, 0.3), st.xy)
+    flux = jnp.where(live, st.flux + delta[2], st.flux)
+    sky = jnp.where(live, st.sky + delta[3], st.sky)
+    return eqx.tree_at(lambda s: (s.resid, s.xy, s.flux, s.sky), st, (st.resid + delta[0], xy, flux, sky))
+
+
+def rebase(st, sx):
+    """The reference Moffat refitted to the current PSF; the PSF itself is unchanged."""
+    p = psf(st, sx)
+    theta = fit_theta(p, sx.k, sx.psf_size)
+    return FitState(theta, p - moffat_fine(theta, sx.k, sx.psf_size), st.xy, st.flux, st.sky, st.w)
 
 
 class LoopState(NamedTuple):
@@ -323,28 +313,28 @@ class LoopState(NamedTuple):
     hist: jax.Array
 
 
-def converge(st, d, reg, sx, *, max_iter, tol, shape_phase=False, hist_len=None):
+def converge(st, d, reg, sx, *, max_iter, tol, hist_len=None):
     """Damped Gauss-Newton steps until the PSF stops changing (``tol`` of its peak, rms) or ``max_iter``.
 
     Returns ``(state, loss_history, n_iter, converged, last_change)``; the
     history is the objective per pixel in use after each step (NaN beyond
-    ``n_iter``), on a fixed pixel set, so it never rises.  ``max_iter``,
-    ``tol`` and ``shape_phase`` may be traced (one compiled loop serves every
+    ``n_iter``), on a fixed pixel set, so it never rises.  ``max_iter``
+    and ``tol`` may be traced (one compiled loop serves every
     phase of the fit); ``hist_len`` (static) bounds the history.
     """
     hist_len = int(max_iter) if hist_len is None else hist_len
     dt = d.dtype
     npix = jnp.maximum(jnp.sum(st.w > 0), 1).astype(dt)
     inf = info(st, sx)
-    loss0 = objective(st, d, reg, sx, shape_phase, inf)
+    loss0 = objective(st, d, reg, sx, inf)
 
     def cond(ls):
         return (ls.i < max_iter) & ~ls.done
 
     def body(ls):
         old = psf(ls.st, sx)
-        prop = gn_step(ls.st, d, reg, ls.mu, sx, shape_phase, inf)
-        new_loss = objective(prop, d, reg, sx, shape_phase, inf)
+        prop = gn_step(ls.st, d, reg, ls.mu, sx, inf)
+        new_loss = objective(prop, d, reg, sx, inf)
         accept = jnp.isfinite(new_loss) & (new_loss <= ls.loss)
         st = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), prop, ls.st)
         new = psf(st, sx)

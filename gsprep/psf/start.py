@@ -125,7 +125,7 @@ def band_start(d, w, xy_init, k, psf_size, clip=None):
     psf0, flux0, sky0 = initial(d, w, xy0, k, psf_size, size)
     if clip is not None:  # robust: cosmic rays and bright neighbours out before anything is fitted
         for _ in range(2):
-            w, flux0 = gross_outliers(d, w, flux0, sky0, 4.0 * clip, xy0)
+            w, flux0 = gross_outliers(d, w, flux0, sky0, 2.0 * clip, xy0)
         if xy_init is None:
             xy0 = centroids(d, w, size)
         psf0, _, sky0 = initial(d, w, xy0, k, psf_size, size, flux=flux0)

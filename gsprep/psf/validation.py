@@ -47,12 +47,12 @@ def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=40
     sx_cv = sx._replace(n_cg=n_cg)
 
     def one(f, g, lm):
-        w_train = st.w * (fold != f)[:, None, None]
-        w_test = st.w * (fold == f)[:, None, None]
+        w_train = jnp.where((fold != f)[:, None, None], st.w, 0.0)
+        w_test = jnp.where((fold == f)[:, None, None], st.w, 0.0)
         reg = Reg(lm, g, a_tv, a_sky)
         # the PSF refitted on the training stars (their centres, fluxes and skies held: the PSF is
         # linear in its pixels, so one step from the fit on all stars solves it)
-        trained = jax.lax.fori_loop(0, n_steps, lambda i, s: gn_step(s, d, reg, jnp.asarray(1e-3, dt), sx_cv, False,
+        trained = jax.lax.fori_loop(0, n_steps, lambda i, s: gn_step(s, d, reg, jnp.asarray(1e-3, dt), sx_cv,
                                                                      fix_stars=True), eqx_replace_w(st, w_train))
         test = eqx_replace_w(trained, w_test)
         # held-out stars start from their fit on all stars, then only their own parameters move
