@@ -286,12 +286,9 @@ def _swap_in(tmp, final, partial):
 
 def _use_compile_cache(folder):
     """Point JAX's persistent compilation cache at ``folder`` (once per process)."""
-    import jax
+    from ._jaxcache import use_compile_cache
 
-    if folder and jax.config.jax_compilation_cache_dir != folder:
-        os.makedirs(folder, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    use_compile_cache(folder)
 
 
 def prepare_one(config, out_dir, figures=True, compile_cache=None):

@@ -204,6 +204,9 @@ def _common():
     c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show full tracebacks and every warning")
     c.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress lines")
+    c.add_argument("--no-compile-cache", action="store_true", default=argparse.SUPPRESS,
+                   help="do not use JAX's persistent compilation cache (default: ~/.cache/gsprep/jax, "
+                        "or $GSPREP_COMPILE_CACHE; 0 turns it off)")
     return c
 
 
@@ -325,6 +328,10 @@ def main(argv=None):
         parser.print_help()
         return 0
     shown = _Warnings(args.debug)
+    if not getattr(args, "no_compile_cache", False):
+        from ._jaxcache import default_cache_dir, use_compile_cache
+
+        use_compile_cache(default_cache_dir())
     try:
         with warnings.catch_warnings():
             # a command line shows every warning once, as one line (deprecations only with --debug)

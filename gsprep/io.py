@@ -372,11 +372,20 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
 # PSF file
 
 
-def _psf_fwhm(psf, k):
-    """FWHM in native pixels from the area above half maximum on the fine grid."""
-    p = np.asarray(psf, dtype=float)
-    area = np.count_nonzero(p >= 0.5 * p.max()) / k**2
-    return float(2.0 * np.sqrt(area / np.pi))
+#: header keyword -> (EPSFResult field, comment) of the PSF quality report
+_REPORT = {
+    "HELDCHI2": ("heldout_chi2", "held-out stars' reduced chi2 (cross-validated)"),
+    "RESFLUX": ("residual_flux", "held-out residual flux fraction beyond noise"),
+    "ELLIP": ("ellipticity", "ellipticity (a2-b2)/(a2+b2), adaptive moments"),
+    "PSF_E1": ("e1", "ellipticity component e1"),
+    "PSF_E2": ("e2", "ellipticity component e2"),
+    "REGSTREN": ("reg_strength", "regularisation strength (info per fine px)"),
+}
+
+
+def _finite(v, default=-1.0):
+    v = float(np.asarray(v, dtype=float))
+    return v if np.isfinite(v) else default
 
 
 def write_psf(path, result, *, stars=None, header=None, overwrite=False):
@@ -384,9 +393,14 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
 
     Header keywords: ``OVERSAMP`` (sub-pixels per pixel), ``PSFCONV``
     (``"SUBPIXEL-FLUX"``: each value is the fraction of the flux in that
-    sub-pixel; not photutils' ePSF convention), ``FWHM`` (native pixels),
-    ``NSTARS`` (stars fitted, unflagged), ``CHI2`` (median reduced
-    chi-square), ``CONVERGE``.
+    sub-pixel; not photutils' ePSF convention), ``NSTARS`` (stars fitted,
+    unflagged), ``CHI2`` (median reduced chi-square), ``CONVERGE`` and
+    ``NITER`` (whether the fit converged, in how many steps), and the
+    quality report: ``FWHM`` (native pixels, of the pixel-integrated PSF,
+    the same at any oversampling), ``ELLIP``, ``PSF_E1``, ``PSF_E2``,
+    ``HELDCHI2`` (held-out stars' reduced chi-square), ``RESFLUX`` (their
+    residual flux fraction), ``REGKIND``/``REGSTREN`` (the regularisation
+    the held-out stars chose).  A number that could not be measured is -1.
 
     Parameters
     ----------
@@ -412,6 +426,13 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
         msg = "result.psf has non-finite values; refusing to write it"
         raise ValueError(msg)
     k = int(result.oversampling)
+    if psf.shape[0] != psf.shape[1] or psf.shape[0] % k or (psf.shape[0] // k) % 2 == 0:
+        msg = (f"result.psf must be square with an odd native size (shape k*size with size odd) at oversampling {k}, "
+               f"got shape {psf.shape}")
+        raise ValueError(msg)
+    if abs(psf.sum() - 1.0) > 1e-3:
+        msg = f"result.psf must sum to 1 (the PSF convention), got {psf.sum():.6g}; normalise it first"
+        raise ValueError(msg)
     n = len(np.atleast_1d(result.fluxes))
     hdr = fits.Header()
     if header is not None:
@@ -419,13 +440,23 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
             hdr.append(card)
     hdr["OVERSAMP"] = (k, "PSF sub-pixels per native pixel (per axis)")
     hdr["PSFCONV"] = ("SUBPIXEL-FLUX", "value = flux fraction in the sub-pixel; sum 1")
-    hdr["FWHM"] = (_psf_fwhm(psf, k), "FWHM, native pixels (half-max area)")
+    from .psf import psf_shape
+
+    shape = psf_shape(psf, k)
+    hdr["FWHM"] = (_finite(shape["fwhm"]), "FWHM, native px (pixel-integrated, half-max area)")
     flags = np.asarray(result.flags)
     hdr["NSTARS"] = (int(np.count_nonzero(flags == 0)), "stars fitted (unflagged)")
     hdr["NFLAGGED"] = (int(np.count_nonzero(flags != 0)), "stars flagged")
     chi2 = np.asarray(result.chi2, dtype=float)
     hdr["CHI2"] = (float(np.nanmedian(chi2)) if np.isfinite(chi2).any() else -1.0, "median reduced chi-square")
-    hdr["CONVERGE"] = (bool(np.all(result.converged)), "fit converged")
+    hdr["CONVERGE"] = (bool(np.all(result.converged)), "fit converged (else the PSF may be inaccurate)")
+    hdr["NITER"] = (int(np.max(result.n_iter)), "Gauss-Newton steps of the final fit")
+    for key, (field, comment) in _REPORT.items():
+        value = getattr(result, field, np.nan)
+        if field in ("ellipticity", "e1", "e2") and not np.isfinite(float(np.asarray(value, dtype=float))):
+            value = shape[field]
+        hdr[key] = (_finite(value, -1.0), comment)
+    hdr["REGKIND"] = (str(getattr(result, "reg_kind", "") or "none"), "regularisation kind (profile/smooth)")
     hdr["GSPVER"] = (__version__, "gsprep version")
     t = Table()
     cen = np.asarray(result.centers, dtype=float).reshape(n, 2)
@@ -475,11 +506,14 @@ def read_psf(path):
         psf = np.array(hdul[0].data, dtype=float)
         t = Table.read(hdul["STARS"]) if "STARS" in hdul else None
     psf = psf / psf.sum()
+    report = {field: (float(hdr[key]) if float(hdr[key]) != -1.0 else np.nan)
+              for key, (field, _) in _REPORT.items() if key in hdr}
+    report.update(oversampling=int(hdr["OVERSAMP"]), converged=bool(hdr.get("CONVERGE", True)),
+                  n_iter=int(hdr.get("NITER", 0)), reg_kind=str(hdr.get("REGKIND", "")),
+                  fwhm=float(hdr["FWHM"]) if float(hdr.get("FWHM", -1)) > 0 else np.nan)
     if t is None:
         empty = np.zeros(0)
-        return EPSFResult(psf, np.zeros((0, 2)), empty, empty, empty, empty, np.zeros(0, np.int32),
-                          oversampling=int(hdr["OVERSAMP"]), converged=bool(hdr.get("CONVERGE", True)))
+        return EPSFResult(psf, np.zeros((0, 2)), empty, empty, empty, empty, np.zeros(0, np.int32), **report)
     return EPSFResult(psf=psf, centers=np.column_stack([t["x_stamp"], t["y_stamp"]]),
                       fluxes=np.asarray(t["flux"]), sky=np.asarray(t["sky"]), chi2=np.asarray(t["chi2"]),
-                      loss_history=np.zeros(0), flags=np.asarray(t["flags"], dtype=np.int32),
-                      oversampling=int(hdr["OVERSAMP"]), converged=bool(hdr.get("CONVERGE", True)))
+                      loss_history=np.zeros(0), flags=np.asarray(t["flags"], dtype=np.int32), **report)

@@ -13,3 +13,7 @@ def data_path(name):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# the command line turns JAX's persistent compilation cache on; in tests it goes to a temporary folder
+os.environ.setdefault("GSPREP_COMPILE_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="gsprep-jax-"), "jax"))

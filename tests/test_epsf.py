@@ -6,7 +6,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 import gsprep
-from gsprep.epsf import fit_stars
+from gsprep.psf import fit_stars
 
 S = 15  # stamp size shared by the tests (one compilation)
 N = 24
@@ -51,7 +51,7 @@ def stars(rng, n=N, noise=0.0, sky=0.0):
 
 
 def fit(data, sigma, masks=None, **kw):
-    opts = dict(oversampling=K, smooth=0.0, a_sky=1.0)
+    opts = dict(oversampling=K, a_sky=1.0)
     opts.update(kw)
     return gsprep.fit_epsf(data, sigma, masks, **opts)
 
@@ -64,7 +64,7 @@ def test_noiseless_known_shape_and_centres(rng):
     t, shift = truth()
     err = (res.psf - t) / t.max()
     assert np.sqrt(np.mean(err**2)) < 1e-3
-    assert np.abs(err).max() < 3e-3
+    assert np.abs(err).max() < 5e-3  # the sub-pixel frequencies no star samples come from the regulariser
     # centres: truth positions moved by the PSF's centroid offset (the PSF is centroid-pinned)
     d = res.centers - xy - np.array([shift, 0.0])
     assert np.abs(d).max() < 0.02
@@ -75,12 +75,12 @@ def test_noiseless_known_shape_and_centres(rng):
 
 def test_masked_pixels_do_not_change_the_answer(rng):
     data, sigma, _, _ = stars(rng)
-    ref = fit(data, sigma)
+    ref = fit(data, sigma, regularization=("smooth", 0.01))  # the same regularisation for both
     masks = rng.uniform(size=data.shape) < 0.1
     hit = data.copy()
     hit[masks] = 1e6  # garbage under the mask
     hit[0, 0, 0] = np.nan  # non-finite is excluded too
-    res = fit(hit, sigma, masks)
+    res = fit(hit, sigma, masks, regularization=("smooth", 0.01))
     assert np.abs(res.psf - ref.psf).max() < 2e-3 * ref.psf.max()
 
 
@@ -102,12 +102,12 @@ def test_batched_bands_equal_single_bands(rng):
 
 
 def test_star_count_padding_does_not_change_the_answer(rng, monkeypatch):
-    import gsprep.epsf as epsf
+    import gsprep.psf.fit as epsf
 
-    assert [epsf._bucket(n) for n in (1, 8, 9, 13, 17, 24, 25, 49, 100)] == [8, 8, 12, 16, 24, 24, 32, 64, 128]
+    assert [epsf.bucket(n) for n in (1, 8, 9, 13, 17, 24, 25, 49, 100)] == [8, 8, 12, 16, 24, 24, 32, 64, 128]
     data, sigma, _, _ = stars(rng, n=N - 3, noise=1.0)  # 21 stars: fitted padded to 24
     padded = gsprep.fit_epsf(data, sigma, oversampling=K)
-    monkeypatch.setattr(epsf, "_bucket", lambda n: n)
+    monkeypatch.setattr(epsf, "bucket", lambda n: n)
     exact = gsprep.fit_epsf(data, sigma, oversampling=K)
     assert padded.psf.shape == exact.psf.shape and padded.fluxes.shape == (N - 3,)
     np.testing.assert_allclose(padded.psf, exact.psf, atol=1e-4 * exact.psf.max())
@@ -169,7 +169,7 @@ def test_bad_input(rng):
     bad[0, 3, 3] = 0.0
     with pytest.raises(ValueError, match="every stamp is fully masked"):
         gsprep.fit_epsf(data, sigma, np.ones(data.shape, bool))
-    with pytest.raises(ValueError, match="oversampling must be an integer >= 1"):
+    with pytest.raises(ValueError, match="oversampling must be an integer between 1 and 16"):
         gsprep.fit_epsf(data, sigma, oversampling=0)
     with pytest.raises(ValueError, match="method must be"):
         gsprep.fit_epsf(data, sigma, method="starred")

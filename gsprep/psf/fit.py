@@ -380,7 +380,7 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         warnings.warn("fit_epsf: a single star constrains the PSF poorly (its noise is the PSF's noise); "
                       "use several stars when you can", stacklevel=2)
     n_folds = folds if (fixed is None and nvalid >= 2 * folds) else 1
-    if fixed is None and n_folds == 1:
+    if fixed is None and n_folds == 1 and nvalid > 1:
         warnings.warn(f"fit_epsf: {nvalid} usable stars are too few to cross-validate the regularisation "
                       f"({2 * folds} needed); using ('profile', 0.1)", stacklevel=2)
     fixed = (0.0, 0.1) if fixed is None else fixed

@@ -21,11 +21,12 @@ def gross_outliers(d, w, flux, sky, thr, xy=None):
     """Weights with gross outliers removed, before any PSF model exists (numpy).
 
     Each star's sky-subtracted, flux-normalised stamp is compared with the
-    median of all of them; a pixel is an outlier when it lies above it by
+    median of all of them (moved to the star's centre ``xy`` when given); a
+    pixel is an outlier when it lies above it by
     more than ``thr`` sigma plus what a 0.7-pixel shift of the median stamp
     allows (the stars' sub-pixel offsets).  Only excess flux counts (cosmic
-    rays and neighbours add light), and the star's own core (within the
-    median stamp's FWHM of its centre ``xy``) is never clipped here: a sharp
+    rays and neighbours add light), and the star's own core (within half the
+    median stamp's FWHM of its centre ``xy``, at least 1 px) is never clipped here: a sharp
     star half a pixel off the median differs most there, and the fit's own
     clipping, with a model, judges those pixels later.  Returns the new
     weights and each star's flux refitted to the median profile on its
@@ -40,20 +41,28 @@ def gross_outliers(d, w, flux, sky, thr, xy=None):
         med = np.nanmedian(stack, axis=0)
     med = np.where(np.isfinite(med), med, 0.0)
     grad = ndimage.maximum_filter(med, 3) - ndimage.minimum_filter(med, 3)
-    dev = (d - sky[:, None, None] - f * med[None]) * np.sign(f)
+    ref = np.broadcast_to(med, d.shape)
+    if xy is not None:  # the median profile moved to each star's own centre (sub-pixel phases)
+        n, size, _ = d.shape
+        yy, xx = np.mgrid[:size, :size]
+        pos = np.clip(med, 0, None)
+        tot = pos.sum()
+        c0 = np.array([(pos * xx).sum(), (pos * yy).sum()]) / tot if tot > 0 else np.full(2, (size - 1) / 2.0)
+        ref = np.stack([ndimage.shift(med, (xy[s, 1] - c0[1], xy[s, 0] - c0[0]), order=3, mode="constant")
+                        for s in range(n)])
+    dev = (d - sky[:, None, None] - f * ref) * np.sign(f)
     allowed = thr / np.sqrt(np.where(w > 0, w, 1.0)) + 0.7 * np.abs(f) * grad[None]
     bad = (dev > allowed) & (w > 0)
+    bad = ndimage.binary_dilation(bad, structure=np.ones((1, 3, 3), bool))
     if xy is not None:
         n, size, _ = d.shape
         peak = med.max()
-        rad = max(2.0, np.sqrt((med >= 0.5 * peak).sum() / np.pi) * 2.0) if peak > 0 else 2.0
-        yy, xx = np.mgrid[:size, :size]
+        rad = max(1.0, np.sqrt((med >= 0.5 * peak).sum() / np.pi)) if peak > 0 else 1.0
         core = np.hypot(xx[None] - xy[:, 0, None, None], yy[None] - xy[:, 1, None, None]) <= rad
         bad &= ~core
-    bad = ndimage.binary_dilation(bad, structure=np.ones((1, 3, 3), bool))
     w2 = np.where(bad, 0.0, w)
-    num = np.sum(w2 * med[None] * (d - sky[:, None, None]), axis=(1, 2))
-    den = np.sum(w2 * med[None] ** 2, axis=(1, 2))
+    num = np.sum(w2 * ref * (d - sky[:, None, None]), axis=(1, 2))
+    den = np.sum(w2 * ref**2, axis=(1, 2))
     flux2 = np.where(den > 0, num / np.where(den > 0, den, 1.0), flux)
     return w2, flux2
 
