@@ -121,7 +121,9 @@ def cmd_psf(args):
     res = fit_epsf(stamps, oversampling=args.oversampling)
     picked = sel[np.asarray(sel["selected"], bool)]
     write_psf(args.out, res, stars=picked["id", "x", "y"], overwrite=args.overwrite)
-    _say(args, f"wrote {args.out}: {int((res.flags == 0).sum())} stars, median chi2 {np.nanmedian(res.chi2):.2f}")
+    from .plots import quality_lines
+
+    _say(args, f"wrote {args.out}: " + "; ".join(quality_lines(res)))
     return 0
 
 

@@ -126,12 +126,30 @@ def _radial(psf, k):
     return edges[:-1] + 0.125, prof
 
 
+def quality_lines(result):
+    """The PSF's quality report as short lines of text (figures, command line)."""
+    def num(v, fmt):
+        v = float(np.asarray(v, dtype=float))
+        return format(v, fmt) if np.isfinite(v) else "n/a"
+
+    conv = "converged" if bool(np.all(result.converged)) else "NOT converged"
+    return [f"FWHM {num(result.fwhm, '.2f')} px, ellipticity {num(result.ellipticity, '.3f')}",
+            f"held-out chi2/dof {num(result.heldout_chi2, '.3f')}, residual flux {num(result.residual_flux, '.4f')}",
+            f"regularisation {result.reg_kind or 'n/a'} {num(result.reg_strength, '.3g')}",
+            f"{conv} in {int(np.max(result.n_iter))} steps; {int(np.sum(np.asarray(result.flags) == 0))} stars"]
+
+
 def fig_psf(result, *, truth=None, title="", save=None):
-    """The PSF image (log stretch) and its radial profile (native pixels)."""
+    """The PSF image (log stretch), its radial profile (native pixels) and its quality report.
+
+    The third panel shows the held-out stars' reduced chi-square of every
+    candidate regularisation (the cross-validation that chose it) and the
+    report: FWHM, ellipticity, held-out chi-square, residual flux, convergence.
+    """
     psf = np.asarray(result.psf)
     k = result.oversampling
-    fig = Figure(figsize=(10, 4.4))
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4.4))
+    axes = fig.subplots(1, 3)
     axes[0].imshow(np.log10(np.clip(psf / psf.max(), 1e-5, None)), origin="lower", cmap="magma")
     axes[0].set_title(f"PSF (log10, oversampling {k})")
     axes[0].set_xticks([])
@@ -145,6 +163,22 @@ def fig_psf(result, *, truth=None, title="", save=None):
     axes[1].set_xlabel("radius (native pixels)")
     axes[1].set_ylabel("PSF / peak")
     axes[1].set_ylim(1e-5, 1.5)
+    cv = getattr(result, "cv_scores", None)
+    ax = axes[2]
+    if cv is not None and np.isfinite(np.asarray(cv, float)[:, 2]).any():
+        cv = np.asarray(cv, float)
+        for gamma, name, mark in ((1.0, "smooth", "o-"), (0.0, "profile", "s-")):
+            sel = cv[:, 0] == gamma
+            if sel.any():
+                ax.semilogx(cv[sel, 1], cv[sel, 2], mark, label=name)
+        ax.set_xlabel("regularisation strength")
+        ax.set_ylabel("held-out reduced chi2")
+        ax.legend(loc="upper left")
+    else:
+        ax.set_axis_off()
+    ax.text(0.98, 0.02, "\n".join(quality_lines(result)), transform=ax.transAxes, ha="right", va="bottom",
+            fontsize=8, bbox=dict(facecolor="white", alpha=0.8, edgecolor="0.7"))
+    ax.set_title("quality (cross-validated)")
     fig.suptitle(title)
     fig.tight_layout()
     return _done(fig, save)

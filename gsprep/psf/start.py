@@ -12,6 +12,10 @@ from .robust import gross_outliers
 
 
 def prepare_arrays(stamps, sigmas, masks):
+    for name, v in (("stamps", stamps), ("sigmas", sigmas)):
+        if np.iscomplexobj(v):
+            msg = f"{name} must be real numbers, got complex values"
+            raise TypeError(msg)
     d = np.asarray(stamps, dtype=float)
     s = np.asarray(sigmas, dtype=float)
     if d.shape != s.shape:

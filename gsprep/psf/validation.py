@@ -35,7 +35,7 @@ def assign_folds(valid, n_folds, seed=0):
     return fold
 
 
-def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=40):
+def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=40, fix_stars=True):
     """Held-out chi-square, degrees of freedom and residual flux of every (fold, candidate).
 
     Returns arrays ``(n_folds, n_candidates)``: ``chi2`` (sum over held-out
@@ -53,7 +53,7 @@ def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=40
         # the PSF refitted on the training stars (their centres, fluxes and skies held: the PSF is
         # linear in its pixels, so one step from the fit on all stars solves it)
         trained = jax.lax.fori_loop(0, n_steps, lambda i, s: gn_step(s, d, reg, jnp.asarray(1e-3, dt), sx_cv,
-                                                                     fix_stars=True), eqx_replace_w(st, w_train))
+                                                                     fix_stars=fix_stars), eqx_replace_w(st, w_train))
         test = eqx_replace_w(trained, w_test)
         # held-out stars start from their fit on all stars, then only their own parameters move
         test = eqx_replace_stars(test, st)
