@@ -1,3 +1,4 @@
+import dataclasses
 import warnings
 
 import numpy as np
@@ -75,13 +76,22 @@ def test_noiseless_known_shape_and_centres(rng):
 
 def test_masked_pixels_do_not_change_the_answer(rng):
     data, sigma, _, _ = stars(rng)
-    ref = fit(data, sigma, regularization=("smooth", 0.01))  # the same regularisation for both
     masks = rng.uniform(size=data.shape) < 0.1
+    ref = fit(data, sigma, masks, regularization=("smooth", 0.01))  # the same regularisation for both
     hit = data.copy()
     hit[masks] = 1e6  # garbage under the mask
-    hit[0, 0, 0] = np.nan  # non-finite is excluded too
     res = fit(hit, sigma, masks, regularization=("smooth", 0.01))
-    assert np.abs(res.psf - ref.psf).max() < 2e-3 * ref.psf.max()
+    assert np.abs(res.psf - ref.psf).max() < 1e-5 * ref.psf.max()
+    nan = data.copy()
+    nan[0, 0, 0] = np.nan  # non-finite is excluded too
+    both = masks.copy()
+    both[0, 0, 0] = True
+    a = fit(nan, sigma, masks, regularization=("smooth", 0.01))
+    b = fit(data, sigma, both, regularization=("smooth", 0.01))
+    assert np.abs(a.psf - b.psf).max() < 1e-5 * b.psf.max()
+    # and losing 10% of the pixels of noiseless stars barely moves the PSF
+    full = fit(data, sigma, regularization=("smooth", 0.01))
+    assert np.abs(full.psf - ref.psf).max() < 5e-3 * ref.psf.max()
 
 
 def test_batched_bands_equal_single_bands(rng):
@@ -128,7 +138,9 @@ def test_cosmic_ray_does_not_bend_the_psf(rng):
     hit[3, c + 2, c] += 2e4
     res = gsprep.fit_epsf(hit, sigma, **kw)
     assert np.sqrt(np.mean((res.psf - clean.psf) ** 2)) < 0.5 * noise
-    plain = gsprep.fit_epsf(hit, sigma, robust=False, **kw)
+    with warnings.catch_warnings():  # without clipping the cosmic ray, the fit may not settle either
+        warnings.simplefilter("ignore", gsprep.PSFConvergenceWarning)
+        plain = gsprep.fit_epsf(hit, sigma, robust=False, **kw)
     assert np.sqrt(np.mean((plain.psf - clean.psf) ** 2)) > noise
 
 
@@ -167,13 +179,15 @@ def test_bad_input(rng):
     m = np.zeros(data.shape, bool)
     m[0, 3, 3] = True  # masked: a zero sigma there is fine (only checked, not fitted)
     bad[0, 3, 3] = 0.0
+    ok = gsprep.fit_epsf(data, bad, m, regularization=("smooth", 0.01))
+    assert np.isfinite(ok.psf).all() and ok.psf.sum() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="every stamp is fully masked"):
         gsprep.fit_epsf(data, sigma, np.ones(data.shape, bool))
     with pytest.raises(ValueError, match="oversampling must be an integer between 1 and 16"):
         gsprep.fit_epsf(data, sigma, oversampling=0)
     with pytest.raises(ValueError, match="method must be"):
         gsprep.fit_epsf(data, sigma, method="starred")
-    with pytest.raises(ValueError, match="psf_size must be odd"):
+    with pytest.raises(ValueError, match="psf_size must be an odd integer"):
         gsprep.fit_epsf(data, sigma, psf_size=4)
 
 
@@ -182,9 +196,13 @@ def test_photutils_method_in_gsprep_convention(rng):
     res = gsprep.fit_epsf(data, sigma, oversampling=K, method="photutils")
     assert res.psf.shape == (K * S, K * S)
     assert res.psf.sum() == pytest.approx(1.0, abs=1e-6) and res.psf.min() >= 0
+    assert res.loss_history.size == 0 and res.n_iter == 0  # no Gauss-Newton history to report
     t, _ = truth()
     peak = np.unravel_index(np.argmax(res.psf), res.psf.shape)
     assert abs(peak[0] - (K * S - 1) / 2) <= 1.5 and abs(peak[1] - (K * S - 1) / 2) <= 2.5
+    # EPSFBuilder on 24 stars (the comparison method, not the default): measured 15% of the peak at worst
+    tn = t.reshape(S, K, S, K).sum((1, 3))
+    assert np.abs(res.native_psf - tn).max() < 0.2 * tn.max()
 
 
 def test_to_epsf_convention_sums_blocks():
@@ -222,6 +240,13 @@ def test_write_read_psf_roundtrip(tmp_path, rng):
     assert back.oversampling == K
     with pytest.raises(FileExistsError):
         gsprep.write_psf(p, res)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        gsprep.write_psf(tmp_path / "c.fits", dataclasses.replace(res, psf=res.psf * 25))
+    with pytest.raises(ValueError, match="odd native size"):
+        gsprep.write_psf(tmp_path / "d.fits", dataclasses.replace(res, psf=np.ones((K * 4, K * 4)) / (K * 4) ** 2))
+    assert not (tmp_path / "c.fits").exists() and not (tmp_path / "d.fits").exists()
+    assert back.converged == res.converged and back.heldout_chi2 == pytest.approx(res.heldout_chi2, rel=1e-5)
+    assert back.fwhm == pytest.approx(res.fwhm, rel=1e-5) and back.reg_kind == res.reg_kind
     with pytest.raises(ValueError, match="one band"):
         gsprep.write_psf(tmp_path / "b.fits", gsprep.EPSFResult(np.ones((2, 4, 4)), np.zeros((1, 2)), np.ones(1),
                                                               np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1, int)))

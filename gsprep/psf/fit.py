@@ -202,13 +202,14 @@ def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol,
     w0 = st.w
     st = f_start(st, psf0, d, a_sky, sx=sx)
     reg0 = reg_of(const(1.0), const(0.01))
-    st = f_phase(st, d, reg0, it(4), tol, sx=sx, hist_len=hist_len)[0]
+    loose = jnp.maximum(tol, 1e-3)  # the warm-up only needs a PSF good enough to judge pixels by
+    st = f_phase(st, d, reg0, it(4), loose, sx=sx, hist_len=hist_len)[0]
     flagged = jnp.zeros(d.shape[:-2], bool)
     many = jnp.zeros(d.shape[:-2], bool)
     if robust:
         for nsig in (jnp.inf, chi2_nsigma):
             st, flagged, many = f_robust(st, d, w0, flagged, clip, jnp.asarray(nsig, dt), sx=sx)
-            st = f_phase(st, d, reg0, it(3), tol, sx=sx, hist_len=hist_len)[0]
+            st = f_phase(st, d, reg0, it(3), loose, sx=sx, hist_len=hist_len)[0]
     # the "profile" regularisation's reference: the Moffat closest to the PSF the stars now give
     st = f_rebase(st, sx=sx)
     # 3. the regularisation that best predicts held-out stars

@@ -35,7 +35,7 @@ def assign_folds(valid, n_folds, seed=0):
     return fold
 
 
-def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=40, fix_stars=True):
+def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=15, fix_stars=True):
     """Held-out chi-square, degrees of freedom and residual flux of every (fold, candidate).
 
     Returns arrays ``(n_folds, n_candidates)``: ``chi2`` (sum over held-out
