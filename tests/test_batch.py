@@ -74,7 +74,9 @@ def files_under(folder):
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax-cache"))
+    # the folder the in-process command line uses too (tests/conftest.py), so that the workers load
+    # the fits that an earlier `gsprep prepare` in this process compiled instead of compiling them again
+    return os.environ.get("GSPREP_COMPILE_CACHE") or str(tmp_path_factory.mktemp("jax-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,16 @@ def client():
 def test_batch_matches_prepare_records_failure_and_resumes(tmp_path, client, cache_dir):
     targets, bands = make_targets(tmp_path, n=4, corrupt="t3")
     out = tmp_path / "out"
+    tab = read_targets(targets)
+
+    def prepare_alone(row):
+        single = tmp_path / f"single-{row['name']}"
+        if not single.exists():
+            assert main(["prepare", str(prepare_config(tmp_path, row["name"], row["ra"])), "--out", str(single),
+                         "--no-figures", "--quiet"]) == 0
+        return single
+
+    prepare_alone(tab[0])  # first, in this process: its compiled fits land in the shared compile cache
     seen = []
     res = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir,
                     progress=lambda rec, c: seen.append((rec["name"], dict(c))))
@@ -105,12 +117,9 @@ def test_batch_matches_prepare_records_failure_and_resumes(tmp_path, client, cac
     assert (out / "t3" / "t3_g.fits").exists() and not (out / "t3" / "t3_r.fits").exists()
 
     # every finished target: byte-for-byte the products of `gsprep prepare` run on that target alone
-    tab = read_targets(targets)
     for row in tab[:3]:
         name = row["name"]
-        single = tmp_path / f"single-{name}"
-        assert main(["prepare", str(prepare_config(tmp_path, name, row["ra"])), "--out", str(single),
-                     "--no-figures", "--quiet"]) == 0
+        single = prepare_alone(row)
         got = sorted(os.listdir(out / name))
         assert got == sorted(os.listdir(single)) == sorted(
             [f"{name}_g.fits", f"{name}_g_psf.fits", f"{name}_r.fits", f"{name}_r_psf.fits", f"{name}_images.lyric"])
