@@ -337,11 +337,7 @@ def _psfs(stamps, oversampling):
             pass
         else:
             for i, (b, st) in enumerate(stamps.items()):
-                m = len(st.data)
-                out[b] = EPSFResult(psf=fit.psf[i], centers=fit.centers[i, :m], fluxes=fit.fluxes[i, :m],
-                                    sky=fit.sky[i, :m], chi2=fit.chi2[i, :m], loss_history=fit.loss_history[i],
-                                    flags=fit.flags[i, :m], oversampling=fit.oversampling,
-                                    converged=bool(fit.converged[i]), n_iter=int(fit.n_iter[i]))
+                out[b] = fit.band(i, len(st.data))
             return out
     for b, st in stamps.items():
         try:

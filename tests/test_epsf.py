@@ -109,6 +109,11 @@ def test_batched_bands_equal_single_bands(rng):
     np.testing.assert_allclose(both.psf[0], one.psf, atol=1e-4 * one.psf.max())
     np.testing.assert_allclose(both.psf[1], two.psf, atol=1e-4 * two.psf.max())
     assert np.all(both.flags[1, -4:] == 2) and np.all(both.flags[1, :-4] & 2 == 0)
+    # one band of the stack, with its own report (bands may stop after different numbers of steps)
+    b1 = both.band(1, N - 4)
+    assert b1.fluxes.shape == (N - 4,) and len(b1.loss_history) == b1.n_iter == both.n_iter[1]
+    assert b1.heldout_chi2 == pytest.approx(two.heldout_chi2, rel=1e-3) and b1.reg_kind == two.reg_kind
+    assert b1.fwhm == pytest.approx(two.fwhm, rel=1e-3) and np.isfinite(b1.fwhm)
 
 
 def test_star_count_padding_does_not_change_the_answer(rng, monkeypatch):

@@ -49,6 +49,10 @@ def test_prepare_end_to_end(tmp_path, capsys):
         with fits.open(psf) as h:
             assert h[0].header["OVERSAMP"] == 2 and abs(h[0].data.sum() - 1) < 1e-5
             assert h[0].data.shape == (42, 42)
+            # the quality report survives the bands-in-one-call split into per-band files
+            hdr = h[0].header
+            assert hdr["CONVERGE"] and 0.5 < hdr["HELDCHI2"] < 3 * hdr["CHI2"] and hdr["REGKIND"] in ("smooth", "profile"), (hdr["HELDCHI2"], hdr["CHI2"])
+            assert 1.5 < hdr["FWHM"] < 5 and 0 <= hdr["ELLIP"] < 0.2
         for fig in ("sky", "cutout", "funnel", "stars", "psf"):
             assert (out / f"t1_{band}_{fig}.png").stat().st_size > 1000
     lyric = (out / "t1_images.lyric").read_text()

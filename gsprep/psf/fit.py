@@ -30,7 +30,7 @@ from .model import models, moffat_fine, psf_shape
 from .robust import robust_weights
 from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, rebase, star_step
 from .start import band_start, bucket, centroids, initial, pad_stars, prepare_arrays
-from .validation import GRID, KINDS, assign_folds, choose, heldout_scores
+from .validation import GRID, KINDS, assign_folds, choose, heldout_scores, robust_score
 
 __all__ = ["EPSFResult", "fit_epsf", "fit_stars", "oracle_psf", "FLAG_BITS", "PSFConvergenceWarning"]
 
@@ -65,7 +65,8 @@ class EPSFResult:
         Reduced chi-square of each star (NaN without usable pixels).
     loss_history : ndarray
         Objective per pixel in use (chi-square plus penalties) after each
-        step of the final fit, on a fixed pixel set: it never rises.
+        step of the final fit, on a fixed pixel set: it never rises.  With
+        bands, ``(bands, longest)`` padded with NaN (:meth:`band` cuts it).
     flags : ndarray of int (n,)
         See :data:`FLAG_BITS`; 0 = good.
     oversampling : int
@@ -75,9 +76,10 @@ class EPSFResult:
     n_iter : int or ndarray
         Gauss-Newton steps of the final fit.
     heldout_chi2 : float or ndarray
-        Reduced chi-square of held-out stars fitted with PSFs made without
-        them (cross-validation); ~1 when the PSF is as good as the noise
-        allows.  NaN when there were too few stars to hold any out.
+        Median over the stars of each star's reduced chi-square when fitted
+        with a PSF made without it (cross-validation); ~1 when the PSF is as
+        good as the noise allows.  NaN when there were too few stars to hold
+        any out.
     residual_flux : float or ndarray
         Median over held-out stars of ``sqrt(max(sum(r^2 - sigma^2), 0)) / F``:
         the fraction of a star's flux left in residual structure beyond the noise.
@@ -89,7 +91,8 @@ class EPSFResult:
         from the fitted Moffat; ``"smooth"``: curvature of the PSF), and its
         strength in units of the data's information per fine pixel.
     cv_scores : ndarray (n_candidates, 3) or None
-        Every candidate's ``(gamma, strength, held-out reduced chi-square)``.
+        Every candidate's ``(gamma, strength, score)``: the mean held-out
+        reduced chi-square, each star's capped at 5 x the median.
     """
 
     psf: np.ndarray
@@ -119,6 +122,25 @@ class EPSFResult:
         p = np.asarray(self.psf)
         sh = p.shape[:-2] + (p.shape[-2] // k, k, p.shape[-1] // k, k)
         return p.reshape(sh).sum(axis=(-3, -1))
+
+    def band(self, i, n_stars=None):
+        """Band ``i`` of a band-stacked result, as a one-band result (its first ``n_stars`` stars)."""
+        p = np.asarray(self.psf)
+        if p.ndim != 3:
+            msg = f"band() needs a band-stacked result (psf of shape (bands, K, K)), got {p.shape}"
+            raise ValueError(msg)
+        m = slice(None) if n_stars is None else slice(0, int(n_stars))
+        n_iter = int(np.asarray(self.n_iter)[i])
+        cv = None if self.cv_scores is None else np.asarray(self.cv_scores)[i]
+        return EPSFResult(psf=p[i], centers=np.asarray(self.centers)[i, m], fluxes=np.asarray(self.fluxes)[i, m],
+                          sky=np.asarray(self.sky)[i, m], chi2=np.asarray(self.chi2)[i, m],
+                          loss_history=np.asarray(self.loss_history)[i, :n_iter], flags=np.asarray(self.flags)[i, m],
+                          oversampling=self.oversampling, converged=bool(np.asarray(self.converged)[i]), n_iter=n_iter,
+                          heldout_chi2=float(np.asarray(self.heldout_chi2)[i]),
+                          residual_flux=float(np.asarray(self.residual_flux)[i]), fwhm=float(np.asarray(self.fwhm)[i]),
+                          ellipticity=float(np.asarray(self.ellipticity)[i]), e1=float(np.asarray(self.e1)[i]),
+                          e2=float(np.asarray(self.e2)[i]), reg_kind=str(np.asarray(self.reg_kind)[i]),
+                          reg_strength=float(np.asarray(self.reg_strength)[i]), cv_scores=cv)
 
     def psf_at(self, x, y):
         """The PSF at frame pixel ``(x, y)`` (0-based).  This PSF does not vary across the frame."""
@@ -158,11 +180,12 @@ def _robust_fn(st, d, w0, flagged, clip, chi2_nsigma, *, sx):
 
 def _cv_fn(st, d, fold, grid, a_tv, a_sky, *, sx, n_folds):
     """Held-out scores of every candidate regularisation, and the best one."""
-    chi2, dof, rff, nstar = heldout_scores(st, d, fold, jnp.arange(n_folds, dtype=fold.dtype), grid, a_tv, a_sky, sx)
-    best = choose(chi2, dof)
-    scores = jnp.stack([grid[:, 0], grid[:, 1], jnp.sum(chi2, 0) / jnp.maximum(jnp.sum(dof, 0), 1)], axis=1)
-    held = jnp.stack([jnp.sum(chi2[:, best]) / jnp.maximum(jnp.sum(dof[:, best]), 1),
-                      jnp.sum(rff[:, best]) / jnp.maximum(jnp.sum(nstar[:, best]), 1)])
+    red, rff, scored = heldout_scores(st, d, fold, jnp.arange(n_folds, dtype=fold.dtype), grid, a_tv, a_sky, sx)
+    score = robust_score(red, scored)
+    best = choose(score)
+    scores = jnp.stack([grid[:, 0], grid[:, 1], score], axis=1)
+    held = jnp.stack([jnp.nanmedian(jnp.where(scored[best], red[best], jnp.nan)),
+                      jnp.nanmedian(jnp.where(scored[best], rff[best], jnp.nan))])
     return grid[best], scores, held
 
 
@@ -419,6 +442,10 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         r.pop("_dpsf")
     if d.ndim == 3:
         return EPSFResult(oversampling=k, **results[0])
+    # bands stop after different numbers of steps: their histories are padded with NaN
+    longest = max(len(r["loss_history"]) for r in results)
+    for r in results:
+        r["loss_history"] = np.pad(r["loss_history"], (0, longest - len(r["loss_history"])), constant_values=np.nan)
     stack = {key: np.stack([r[key] for r in results]) for key in results[0]}
     return EPSFResult(oversampling=k, **stack)
 

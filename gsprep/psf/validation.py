@@ -6,8 +6,9 @@ Gauss-Newton step from the fit on all stars: the PSF is linear in its
 pixels, so one step solves it), and each held-out star is then fitted with
 only its centre, flux and sky free.  The candidate whose PSFs predict the
 held-out stars best (lowest total chi-square) is used; its held-out reduced
-chi-square and residual flux fraction are the honest quality numbers of the
-PSF, since no star was scored by a PSF it helped to make.
+chi-square and residual flux fraction (medians over the held-out stars) are
+the honest quality numbers of the PSF, since no star was scored by a PSF it
+helped to make.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def assign_folds(valid, n_folds, seed=0):
 
 
 def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=15, fix_stars=True):
-    """Held-out chi-square, degrees of freedom and residual flux of every (fold, candidate).
+    """Every star's held-out reduced chi-square and residual flux, for every candidate.
 
-    Returns arrays ``(n_folds, n_candidates)``: ``chi2`` (sum over held-out
-    pixels), ``dof`` and ``rff`` (sum over held-out stars of
-    ``sqrt(max(sum(r^2 - sigma^2), 0)) / F``) with ``nstar`` the stars scored.
+    Each star is held out in one fold and scored there.  Returns arrays
+    ``(n_candidates, n)``: ``red`` (the star's reduced chi-square with a PSF
+    made without it), ``rff`` (``sqrt(max(sum(r^2 - sigma^2), 0)) / F``) and
+    ``scored`` (False for stars without pixels).
     """
     dt = d.dtype
     gam, lam = grid[:, 0], grid[:, 1]
@@ -62,18 +64,18 @@ def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=15
         r2 = jnp.where(w_test > 0, (d - m) ** 2 * w_test, 0.0)
         npix = jnp.sum(w_test > 0, axis=(1, 2))
         scored = (fold == f) & (npix > 4)
-        chi2 = jnp.sum(jnp.where(scored, jnp.sum(r2, axis=(1, 2)), 0.0))
-        dof = jnp.sum(jnp.where(scored, npix - 4, 0)).astype(dt)
+        red = jnp.sum(r2, axis=(1, 2)) / jnp.maximum(npix - 4, 1).astype(dt)
         excess = jnp.sum(jnp.where(w_test > 0, r2 - 1.0, 0.0) / jnp.where(w_test > 0, w_test, 1.0), axis=(1, 2))
         rff = jnp.sqrt(jnp.maximum(excess, 0.0)) / jnp.maximum(jnp.abs(test.flux), 1e-30)
-        return chi2, dof, jnp.sum(jnp.where(scored, rff, 0.0)), jnp.sum(scored).astype(dt)
+        return jnp.where(scored, red, 0.0), jnp.where(scored, rff, 0.0), scored
 
     ff = jnp.repeat(folds, gam.shape[0])
     gg = jnp.tile(gam, folds.shape[0])
     ll = jnp.tile(lam, folds.shape[0])
-    chi2, dof, rff, nstar = jax.vmap(one)(ff, gg, ll)
-    shape = (folds.shape[0], gam.shape[0])
-    return chi2.reshape(shape), dof.reshape(shape), rff.reshape(shape), nstar.reshape(shape)
+    red, rff, scored = jax.vmap(one)(ff, gg, ll)
+    shape = (folds.shape[0], gam.shape[0], -1)
+    # every star is scored in its own fold only: sum the folds out
+    return red.reshape(shape).sum(0), rff.reshape(shape).sum(0), scored.reshape(shape).any(0)
 
 
 def eqx_replace_w(st, w):
@@ -88,7 +90,17 @@ def eqx_replace_stars(st, src):
     return eqx.tree_at(lambda s: (s.xy, s.flux, s.sky), st, (src.xy, src.flux, src.sky))
 
 
-def choose(chi2, dof):
-    """Index of the candidate with the lowest total held-out chi-square."""
-    tot = jnp.sum(chi2, axis=0)
-    return jnp.argmin(jnp.where(jnp.isfinite(tot), tot, jnp.inf))
+def robust_score(red, scored):
+    """Each candidate's mean held-out reduced chi-square, every star's capped at 5 x the median.
+
+    The cap keeps one star the PSF cannot describe (an unflagged blend, a
+    saturated core) from choosing the regularisation for all the others.
+    """
+    vals = jnp.where(scored, red, jnp.nan)
+    cap = 5.0 * jnp.nanmedian(vals, axis=-1, keepdims=True)
+    return jnp.nanmean(jnp.minimum(vals, cap), axis=-1)
+
+
+def choose(score):
+    """Index of the candidate with the lowest (robust) held-out score."""
+    return jnp.argmin(jnp.where(jnp.isfinite(score), score, jnp.inf))
