@@ -164,10 +164,6 @@ def _start_fn(st, psf0, d, a_sky, *, sx):
     return star_step(st, d, sx, a_sky)
 
 
-def _rebase_fn(st, *, sx):
-    return rebase(st, sx)
-
-
 def _phase_fn(st, d, reg, max_iter, tol, *, sx, hist_len):
     """One phase of damped Gauss-Newton steps (one compiled loop serves every phase)."""
     return converge(st, d, reg, sx, max_iter=max_iter, tol=tol, hist_len=hist_len)
@@ -199,7 +195,7 @@ _phase, _phase_b = _jit_bands(_phase_fn, ("sx", "hist_len"), (0, 0, Reg(0, 0, No
 _robust, _robust_b = _jit_bands(_robust_fn, ("sx",), (0, 0, 0, 0, None, None))
 _cv, _cv_b = _jit_bands(_cv_fn, ("sx", "n_folds"), (0, 0, 0, None, None, None))
 _finish, _finish_b = _jit_bands(_finish_fn, ("sx",), (0,))
-_rebase, _rebase_b = _jit_bands(_rebase_fn, ("sx",), (0,))
+_rebase, _rebase_b = _jit_bands(rebase, ("sx",), (0,))
 
 
 def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol, *, sx, robust, n_folds, max_iter,

@@ -217,7 +217,6 @@ def psf_shape(psf, oversampling, *, upsample=None):
     k = int(oversampling)
     e = to_epsf_convention(np.asarray(psf, float), k)
     up = max(1, int(np.ceil(8 / k))) if upsample is None else int(upsample)
-    n = e.shape[0]
     # coordinates of the upsampled grid in native pixels from the centre
     fine = ndimage.zoom(e, up, order=3, mode="grid-constant", grid_mode=True) if up > 1 else e
     step = 1.0 / (k * up)
@@ -255,6 +254,5 @@ def psf_shape(psf, oversampling, *, upsample=None):
             break
     e1 = (mxx - myy) / (mxx + myy)
     e2 = 2 * mxy / (mxx + myy)
-    del n
     return dict(fwhm=float(fwhm), e1=float(e1), e2=float(e2), ellipticity=float(np.hypot(e1, e2)),
                 sigma=float(np.sqrt((mxx + myy) / 2)))

@@ -206,9 +206,10 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
     dt = d.dtype
     k, psf_size, size = sx.k, sx.psf_size, sx.size
     kk = k * psf_size
-    inf = info(st, sx) if inf is None else inf
+    now = info(st, sx)
+    inf = now if inf is None else inf
     scale, dloc = inf
-    _, dnow = info(st, sx)
+    dnow = now[1]
     diag_p = dnow * scale
     psf_now = psf(st, sx)
     nw = jnp.sum(st.w, axis=(1, 2))
@@ -354,8 +355,3 @@ def converge(st, d, reg, sx, *, max_iter, tol, hist_len=None):
                      jnp.asarray(False), jnp.full((hist_len,), jnp.nan, dt))
     out = jax.lax.while_loop(cond, body, init)
     return out.st, out.hist, out.i, out.done, out.dpsf
-
-
-def chi2_map(st, d, sx):
-    m = models(psf(st, sx), st.xy, st.flux, st.sky, sx.size, sx.k, sx.psf_size)
-    return (d - m) * jnp.sqrt(st.w)

@@ -13,6 +13,7 @@ helped to make.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,10 +56,10 @@ def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=15
         # the PSF refitted on the training stars (their centres, fluxes and skies held: the PSF is
         # linear in its pixels, so one step from the fit on all stars solves it)
         trained = jax.lax.fori_loop(0, n_steps, lambda i, s: gn_step(s, d, reg, jnp.asarray(1e-3, dt), sx_cv,
-                                                                     fix_stars=fix_stars), eqx_replace_w(st, w_train))
-        test = eqx_replace_w(trained, w_test)
+                                                                     fix_stars=fix_stars), _with_w(st, w_train))
+        test = _with_w(trained, w_test)
         # held-out stars start from their fit on all stars, then only their own parameters move
-        test = eqx_replace_stars(test, st)
+        test = _with_stars_of(test, st)
         test = star_step(test, d, sx, a_sky, n_gn=4)
         m = models(psf(test, sx), test.xy, test.flux, test.sky, sx.size, sx.k, sx.psf_size)
         r2 = jnp.where(w_test > 0, (d - m) ** 2 * w_test, 0.0)
@@ -78,15 +79,11 @@ def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=15
     return red.reshape(shape).sum(0), rff.reshape(shape).sum(0), scored.reshape(shape).any(0)
 
 
-def eqx_replace_w(st, w):
-    import equinox as eqx
-
+def _with_w(st, w):
     return eqx.tree_at(lambda s: s.w, st, w)
 
 
-def eqx_replace_stars(st, src):
-    import equinox as eqx
-
+def _with_stars_of(st, src):
     return eqx.tree_at(lambda s: (s.xy, s.flux, s.sky), st, (src.xy, src.flux, src.sky))
 
 
