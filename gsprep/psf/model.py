@@ -104,21 +104,37 @@ def designs(xy, size, k, psf_size):
     return f(xy[:, 1]), f(xy[:, 0])  # Ay, Ax: (n, S, K)
 
 
+def apply(ay, p, ax):
+    """``A(y_s) @ p @ A(x_s).T`` for every star, ``(n, S, S)`` (the first product as one matrix product)."""
+    n, s, kk = ay.shape
+    q = (ay.reshape(n * s, kk) @ p).reshape(n, s, kk)
+    return jnp.einsum("syl,sxl->syx", q, ax)
+
+
+def adjoint(ay, g, ax):
+    """``sum_s A(y_s).T @ g_s @ A(x_s)``, ``(K, K)``: the transpose of :func:`apply`."""
+    n, s, kk = ay.shape
+    t = jnp.einsum("syx,sxl->syl", g, ax)
+    return ay.reshape(n * s, kk).T @ t.reshape(n * s, kk)
+
+
 def models(psf, xy, flux, sky, size, k, psf_size):
     """Model stamps ``F_s * PSF(x - x_s) + b_s``, ``(n, size, size)``."""
     ay, ax = designs(xy, size, k, psf_size)
-    return flux[:, None, None] * jnp.einsum("syj,jl,sxl->syx", ay, psf, ax) + sky[:, None, None]
+    return flux[:, None, None] * apply(ay, psf, ax) + sky[:, None, None]
 
 
 def star_columns(psf, pos, f, size, k, psf_size):
     """A star's unit-flux model and its Jacobian columns for (x, y, flux, sky), ``(size*size, 4)``."""
 
-    def unit(p):
-        return design(p[1], size, k, psf_size) @ psf @ design(p[0], size, k, psf_size).T
-
-    m1 = unit(pos)
-    jac = jax.jacfwd(unit)(pos)  # (S, S, 2)
-    cols = jnp.stack([f * jac[..., 0], f * jac[..., 1], m1, jnp.ones_like(m1)], axis=-1).reshape(-1, 4)
+    one = jnp.ones((), pos.dtype)
+    ay, day = jax.jvp(lambda y: design(y, size, k, psf_size), (pos[1],), (one,))
+    ax, dax = jax.jvp(lambda x: design(x, size, k, psf_size), (pos[0],), (one,))
+    q = ay @ psf  # (S, K): the PSF shifted and binned in y
+    m1 = q @ ax.T
+    jx = q @ dax.T
+    jy = day @ (psf @ ax.T)
+    cols = jnp.stack([f * jx, f * jy, m1, jnp.ones_like(m1)], axis=-1).reshape(-1, 4)
     return m1, cols
 
 

@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .model import centre, designs, laplacian, models, moffat_fine, normalise, psf_of, ring, star_columns
+from .model import adjoint, apply, centre, designs, laplacian, models, moffat_fine, normalise, psf_of, ring, star_columns
 
 
 class FitState(eqx.Module):
@@ -139,13 +139,14 @@ def info(st, sx):
     """
     ay, ax = designs(st.xy, sx.size, sx.k, sx.psf_size)
     f2w = (st.flux**2)[:, None, None] * st.w
-    diag_p = jnp.einsum("syj,syx,sxl->jl", ay**2, f2w, ax**2)
+    diag_p = adjoint(ay**2, f2w, ax**2)
     scale = jnp.maximum(jnp.mean(diag_p), 1e-30)
     return jax.lax.stop_gradient(scale), jax.lax.stop_gradient(jnp.maximum(diag_p / scale, 1e-3))
 
 
 def _residual_fn(st, d, reg, sx, inf):
-    """The residual vector (data and every penalty) as a function of ``(resid, xy, flux, sky)``.
+    """The residual vector (data and every penalty) as a function of ``(resid, xy, flux, sky)``, and the
+    PSF's penalties alone as a function of ``resid``.
 
     The reference Moffat (``st.theta``) is fixed: it is refitted to the PSF
     between phases (:func:`rebase`), never moved by these steps.
@@ -170,26 +171,29 @@ def _residual_fn(st, d, reg, sx, inf):
     lam_s = reg.lam * scale
     lam_0 = 1e-6 * scale  # keeps pixels no star constrains (all masked) at the Moffat
 
-    def resid(th):
-        rpix, xy, flux, sky = th
+    def penalties(rpix):
+        """The PSF's penalty residuals (pins, curvature, total variation): functions of its pixels only."""
         p = normalise(mof + rpix)
-        m = models(p, xy, flux, sky, sx.size, k, psf_size)
         cx = jnp.sum(p.sum(0) * g)
         cy = jnp.sum(p.sum(1) * g)
         ring_mean = jnp.sum(rg * rpix) / jnp.sum(rg)
         # the PSF is normalised, so the scale of moffat + resid is free: pinned at 1 (else a null direction)
         total = jnp.sqrt(10.0 * scale) / kk * (jnp.sum(mof + rpix) - 1.0)
-        return ((d - m) * sw, jnp.stack([jnp.sqrt(lam_c) * cx, jnp.sqrt(lam_c) * cy, ring_mean * ring_w, total]),
+        return (jnp.stack([jnp.sqrt(lam_c) * cx, jnp.sqrt(lam_c) * cy, ring_mean * ring_w, total]),
                 jnp.sqrt(lam_s * dloc) * laplacian(rpix + reg.gamma * mof), jnp.sqrt(lam_0) * rpix,
-                jnp.sqrt(tv_y) * jnp.diff(p, axis=0), jnp.sqrt(tv_x) * jnp.diff(p, axis=1),
-                jnp.sqrt(reg.a_sky * nw) * sky)
+                jnp.sqrt(tv_y) * jnp.diff(p, axis=0), jnp.sqrt(tv_x) * jnp.diff(p, axis=1))
 
-    return resid
+    def resid(th):
+        rpix, xy, flux, sky = th
+        m = models(normalise(mof + rpix), xy, flux, sky, sx.size, k, psf_size)
+        return ((d - m) * sw, *penalties(rpix), jnp.sqrt(reg.a_sky * nw) * sky)
+
+    return resid, penalties
 
 
 def objective(st, d, reg, sx, inf):
     """Total objective (chi-square plus penalties) at ``st``; ``inf`` (:func:`info`) fixes the penalties' units."""
-    r = _residual_fn(st, d, reg, sx, inf)((st.resid, st.xy, st.flux, st.sky))
+    r = _residual_fn(st, d, reg, sx, inf)[0]((st.resid, st.xy, st.flux, st.sky))
     return sum(jnp.sum(x**2) for x in r)
 
 
@@ -214,7 +218,8 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
     psf_now = psf(st, sx)
     nw = jnp.sum(st.w, axis=(1, 2))
     x0 = (st.resid, st.xy, st.flux, st.sky)
-    r0, jvp = jax.linearize(_residual_fn(st, d, reg, sx, inf), x0)
+    resid_fn, pen_fn = _residual_fn(st, d, reg, sx, inf)
+    r0, jvp = jax.linearize(resid_fn, x0)
     jt = jax.linear_transpose(jvp, x0)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, x0)
 
@@ -228,13 +233,13 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
         _, cols = star_columns(psf_now, pos, f, size, k, psf_size)
         h = cols.T @ (w.reshape(-1)[:, None] * cols)
         h = h.at[3, 3].add(reg.a_sky * nwi)
-        return h + (mu + 1e-6) * jnp.diag(jnp.diag(h)) + 1e-20 * jnp.eye(4, dtype=dt) * (jnp.trace(h) + 1e-30)
+        return h + (mu + 1e-6) * jnp.diag(jnp.diag(h)) + 1e-20 * jnp.eye(4, dtype=dt) * (jnp.trace(h) + 1e-30), cols
 
     live = jnp.sum(st.w > 0, axis=(1, 2)) > 3
     if fix_stars:
         binv = jnp.zeros((st.xy.shape[0], 4, 4), dt)
     else:
-        blocks = jax.vmap(star_block)(st.xy, st.flux, st.w, nw)
+        blocks, cols = jax.vmap(star_block)(st.xy, st.flux, st.w, nw)
         blocks = jnp.where(live[:, None, None], blocks, jnp.eye(4, dtype=dt))
         binv = jnp.where(live[:, None, None], jnp.linalg.inv(blocks), 0.0)  # a star without pixels moves nothing
 
@@ -264,12 +269,27 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
     def precondition(v):
         return sdr * jnp.real(jnp.fft.ifft2(gf.astype(jnp.complex128 if dt == jnp.float64 else jnp.complex64) * jnp.fft.fft2(sdr * v))).astype(dt)
 
+    # the reduced operator by hand (it is applied at every CG iteration): the data part through the
+    # separable model, M_s = A(y_s) N(v) A(x_s)^T with N the normalisation's Jacobian, the stars'
+    # blocks through their Jacobian columns; the penalties (functions of the PSF's pixels alone)
+    # through their own linearisation
+    _, pen_jvp = jax.linearize(pen_fn, st.resid)
+    pen_jt = jax.linear_transpose(pen_jvp, st.resid)
+    ay, ax = designs(st.xy, size, k, psf_size)
+    tot = jnp.sum(moffat_fine(st.theta, k, psf_size) + st.resid)
+    tot = jnp.where(jnp.abs(tot) > 0, tot, 1.0)
+    fw = st.flux[:, None, None] * st.w
+
     def schur(vp):
-        full = normal(as_full(vp))
-        if fix_stars:
-            return full[0] + mu * dr * vp
-        bz = normal(join_star(jnp.einsum("sij,sj->si", binv, split_star(full))))
-        return full[0] - bz[0] + mu * dr * vp
+        nv = (vp - psf_now * jnp.sum(vp)) / tot
+        g = fw * apply(ay, nv, ax)
+        if not fix_stars:
+            t = jnp.einsum("sqc,sq->sc", cols, g.reshape(g.shape[0], -1))
+            z = jnp.einsum("scd,sd->sc", binv, t)
+            g = g - st.w * jnp.einsum("sqc,sc->sq", cols, z).reshape(g.shape)
+        u = adjoint(ay, st.flux[:, None, None] * g, ax)
+        (pen,) = pen_jt(pen_jvp(vp))
+        return (u - jnp.sum(psf_now * u)) / tot + pen + mu * dr * vp
 
     (grad,) = jt(r0)
     rhs = jax.tree_util.tree_map(lambda a: -a, grad)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import models
-from .solver import Reg, gn_step, psf, star_step
+from .solver import FitState, Reg, gn_step, psf, star_step
 
 #: candidate regularisations: (gamma, lam). gamma 0: curvature of the departure from the fitted
 #: Moffat ("profile"); gamma 1: curvature of the PSF itself ("smooth"); lam in units of the data's
@@ -44,47 +44,61 @@ def heldout_scores(st, d, fold, folds, grid, a_tv, a_sky, sx, n_steps=1, n_cg=15
     ``(n_candidates, n)``: ``red`` (the star's reduced chi-square with a PSF
     made without it), ``rff`` (``sqrt(max(sum(r^2 - sigma^2), 0)) / F``) and
     ``scored`` (False for stars without pixels).
+
+    Each fold's training and held-out stars are gathered into their own
+    (padded) arrays, so the PSF solve touches only the training stars and the
+    held-out fit only the held-out ones.
     """
     dt = d.dtype
     gam, lam = grid[:, 0], grid[:, 1]
     sx_cv = sx._replace(n_cg=n_cg)
+    n = fold.shape[0]
+    n_folds = folds.shape[0]
+    n_test = -(-n // n_folds)  # a fold holds at most ceil(n / folds) stars
+    n_train = n - n // n_folds  # and leaves at most n - floor(n / folds) with pixels
+    # one padding star without pixels at index n
+    pad = FitState(st.theta, st.resid, jnp.concatenate([st.xy, st.xy[:1]]), jnp.concatenate([st.flux, st.flux[:1]]),
+                   jnp.concatenate([st.sky, st.sky[:1]]), jnp.concatenate([st.w, jnp.zeros_like(st.w[:1])]))
+    dpad = jnp.concatenate([d, jnp.zeros_like(d[:1])])
 
-    def one(f, g, lm):
-        w_train = jnp.where((fold != f)[:, None, None], st.w, 0.0)
-        w_test = jnp.where((fold == f)[:, None, None], st.w, 0.0)
-        reg = Reg(lm, g, a_tv, a_sky)
-        # the PSF refitted on the training stars (their centres, fluxes and skies held: the PSF is
-        # linear in its pixels, so one step from the fit on all stars solves it)
-        trained = jax.lax.fori_loop(0, n_steps, lambda i, s: gn_step(s, d, reg, jnp.asarray(1e-3, dt), sx_cv,
-                                                                     fix_stars=fix_stars), _with_w(st, w_train))
-        test = _with_w(trained, w_test)
-        # held-out stars start from their fit on all stars, then only their own parameters move
-        test = _with_stars_of(test, st)
-        test = star_step(test, d, sx, a_sky, n_gn=4)
-        m = models(psf(test, sx), test.xy, test.flux, test.sky, sx.size, sx.k, sx.psf_size)
-        r2 = jnp.where(w_test > 0, (d - m) ** 2 * w_test, 0.0)
-        npix = jnp.sum(w_test > 0, axis=(1, 2))
-        scored = (fold == f) & (npix > 4)
-        red = jnp.sum(r2, axis=(1, 2)) / jnp.maximum(npix - 4, 1).astype(dt)
-        excess = jnp.sum(jnp.where(w_test > 0, r2 - 1.0, 0.0) / jnp.where(w_test > 0, w_test, 1.0), axis=(1, 2))
-        rff = jnp.sqrt(jnp.maximum(excess, 0.0)) / jnp.maximum(jnp.abs(test.flux), 1e-30)
-        return jnp.where(scored, red, 0.0), jnp.where(scored, rff, 0.0), scored
+    def gather(idx):
+        return FitState(pad.theta, pad.resid, pad.xy[idx], pad.flux[idx], pad.sky[idx], pad.w[idx]), dpad[idx]
 
-    ff = jnp.repeat(folds, gam.shape[0])
-    gg = jnp.tile(gam, folds.shape[0])
-    ll = jnp.tile(lam, folds.shape[0])
-    red, rff, scored = jax.vmap(one)(ff, gg, ll)
-    shape = (folds.shape[0], gam.shape[0], -1)
+    def one_fold(f):
+        (train_idx,) = jnp.nonzero((fold != f) & (fold >= 0), size=n_train, fill_value=n)
+        (test_idx,) = jnp.nonzero(fold == f, size=n_test, fill_value=n)
+        train, d_train = gather(train_idx)
+        test0, d_test = gather(test_idx)
+
+        def one(g, lm):
+            reg = Reg(lm, g, a_tv, a_sky)
+            # the PSF refitted on the training stars (their centres, fluxes and skies held: the PSF is
+            # linear in its pixels, so one step from the fit on all stars solves it)
+            trained = jax.lax.fori_loop(0, n_steps, lambda i, s: gn_step(s, d_train, reg, jnp.asarray(1e-3, dt), sx_cv,
+                                                                         fix_stars=fix_stars), train)
+            # held-out stars start from their fit on all stars, then only their own parameters move
+            test = eqx.tree_at(lambda s: (s.theta, s.resid), test0, (trained.theta, trained.resid))
+            test = star_step(test, d_test, sx, a_sky, n_gn=4)
+            m = models(psf(test, sx), test.xy, test.flux, test.sky, sx.size, sx.k, sx.psf_size)
+            w = test.w
+            r2 = jnp.where(w > 0, (d_test - m) ** 2 * w, 0.0)
+            npix = jnp.sum(w > 0, axis=(1, 2))
+            scored = (test_idx < n) & (npix > 4)
+            red = jnp.sum(r2, axis=(1, 2)) / jnp.maximum(npix - 4, 1).astype(dt)
+            excess = jnp.sum(jnp.where(w > 0, r2 - 1.0, 0.0) / jnp.where(w > 0, w, 1.0), axis=(1, 2))
+            rff = jnp.sqrt(jnp.maximum(excess, 0.0)) / jnp.maximum(jnp.abs(test.flux), 1e-30)
+            return jnp.where(scored, red, 0.0), jnp.where(scored, rff, 0.0), scored
+
+        red, rff, scored = jax.vmap(one)(gam, lam)  # (n_candidates, n_test)
+
+        def scatter(v):  # back to every star's slot (the padding star's slot n dropped)
+            return jnp.zeros((gam.shape[0], n + 1), v.dtype).at[:, test_idx].set(v)[:, :n]
+
+        return scatter(red), scatter(rff), scatter(scored)
+
+    red, rff, scored = jax.vmap(one_fold)(folds)
     # every star is scored in its own fold only: sum the folds out
-    return red.reshape(shape).sum(0), rff.reshape(shape).sum(0), scored.reshape(shape).any(0)
-
-
-def _with_w(st, w):
-    return eqx.tree_at(lambda s: s.w, st, w)
-
-
-def _with_stars_of(st, src):
-    return eqx.tree_at(lambda s: (s.xy, s.flux, s.sky), st, (src.xy, src.flux, src.sky))
+    return red.sum(0), rff.sum(0), scored.any(0)
 
 
 def robust_score(red, scored):
