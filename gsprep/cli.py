@@ -225,33 +225,41 @@ def build_parser():
     pr = sub.add_parser("prepare", parents=common, help="prepare one target in every band of a TOML config")
     pr.add_argument("config", help="TOML file (see docs/guide.md)")
     pr.add_argument("--out", help="output folder (default: <name>-gsprep next to the config)")
-    pr.add_argument("--overwrite", action="store_true", help="replace products already in the output folder")
-    pr.add_argument("--no-figures", action="store_true")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace products already in the output folder (default: refuse)")
+    pr.add_argument("--no-figures", action="store_true", help="do not write the PNG figures (default: write them)")
     pr.set_defaults(func=cmd_prepare)
 
     ps = sub.add_parser("psf", parents=common, help="build an empirical PSF from the stars of one frame")
     ps.add_argument("image", help="FITS frame")
-    ps.add_argument("--fwhm", type=float, required=True, help="PSF FWHM guess, pixels")
-    ps.add_argument("--out", required=True, help="PSF FITS file to write")
-    ps.add_argument("--hdu", type=int, default=0, help="HDU of the image (default %(default)s)")
+    ps.add_argument("--fwhm", type=float, required=True, help="PSF FWHM guess, pixels (required)")
+    ps.add_argument("--out", required=True, help="PSF FITS file to write (required)")
+    ps.add_argument("--hdu", type=int, default=0, help="HDU index of the image (default: %(default)s)")
     ps.add_argument("--unit", default="cR", choices=["cR", "counts"],
-                    help="count rate (counts/s) or counts (default %(default)s)")
+                    help="data unit: count rate (counts/s) or counts (default: %(default)s)")
     ps.add_argument("--exptime", type=float, default=None,
                     help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")
     ps.add_argument("--gain", type=float, default=None, help="e-/ADU (default: GAIN from the header, else 1)")
-    ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec) to match")
-    ps.add_argument("--gaia", action="store_true", help="match against Gaia DR3 (network, cached)")
+    ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec in degrees) to match the stars to "
+                                    "(default: none, stars chosen by shape alone)")
+    ps.add_argument("--gaia", action="store_true",
+                    help="match the stars to Gaia DR3 (network, cached; default: no match)")
     ps.add_argument("--match-radius", type=float, default=None,
-                    help="reference match radius, arcsec (default 1.5 x FWHM)")
-    ps.add_argument("--size", type=int, default=25, help="stamp size, pixels, odd (default %(default)s)")
-    ps.add_argument("--oversampling", type=int, default=2, help="PSF sub-pixels per pixel (default %(default)s)")
-    ps.add_argument("--nsigma", type=float, default=5.0, help="star detection threshold, x noise (default %(default)s)")
-    ps.add_argument("--npixels", type=int, default=10, help="minimum connected pixels of a star (default %(default)s)")
-    ps.add_argument("--q-min", type=float, default=0.8, help="minimum axis ratio of a PSF star (default %(default)s)")
+                    help="reference match radius, arcsec (default: 1.5 x FWHM)")
+    ps.add_argument("--size", type=int, default=25, help="stamp size, pixels, odd (default: %(default)s)")
+    ps.add_argument("--oversampling", type=int, default=2,
+                    help="PSF sub-pixels per native pixel, 1-16 (default: %(default)s)")
+    ps.add_argument("--nsigma", type=float, default=5.0,
+                    help="star detection threshold, x background rms (default: %(default)s)")
+    ps.add_argument("--npixels", type=int, default=10,
+                    help="minimum connected pixels of a star, pixels (default: %(default)s)")
+    ps.add_argument("--q-min", type=float, default=0.8,
+                    help="minimum axis ratio b/a of a PSF star, 0-1 (default: %(default)s)")
     ps.add_argument("--isolate", type=float, default=0.1,
-                    help="largest fraction of a stamp's source flux from other sources (default %(default)s)")
-    ps.add_argument("--sky-order", type=int, default=2, help="Legendre order of the sky fit (default %(default)s)")
-    ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+                    help="largest fraction of a stamp's source flux from other sources, 0-1 (default: %(default)s)")
+    ps.add_argument("--sky-order", type=int, default=2,
+                    help="polynomial order of the sky fit, 0 = constant (default: %(default)s)")
+    ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     ps.set_defaults(func=cmd_psf)
 
     bt = sub.add_parser("batch", parents=common,
@@ -261,13 +269,14 @@ def build_parser():
     bt.add_argument("--out", required=True, help="output folder: <name>/ per target and manifest.csv")
     bt.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
     bt.add_argument("--workers", type=int, help="local worker processes (default: cores, at most 4)")
-    bt.add_argument("--skip-failed", action="store_true", help="do not retry targets that failed before")
-    bt.add_argument("--no-figures", action="store_true")
+    bt.add_argument("--skip-failed", action="store_true",
+                    help="do not retry targets that failed before (default: retry them)")
+    bt.add_argument("--no-figures", action="store_true", help="do not write the PNG figures (default: write them)")
     bt.set_defaults(func=cmd_batch)
 
     dm = sub.add_parser("demo", parents=common, help="run the whole pipeline on a generated 3-band field")
-    dm.add_argument("--out", default="gsprep-demo")
-    dm.add_argument("--no-figures", action="store_true")
+    dm.add_argument("--out", default="gsprep-demo", help="output folder (default: %(default)s)")
+    dm.add_argument("--no-figures", action="store_true", help="do not write the PNG figures (default: write them)")
     dm.set_defaults(func=cmd_demo)
     return p
 

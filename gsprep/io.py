@@ -297,7 +297,7 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     provenance : dict, optional
         Extra ``KEY: value`` or ``KEY: (value, comment)`` cards for HDU 0.
     """
-    from .cutout import Cutout, linear_wcs_header  # local: io sits below cutout
+    from .cutouts import Cutout, linear_wcs_header  # local: io sits below cutouts
 
     if not isinstance(cutout, Cutout):
         msg = f"cutout must be a gsprep Cutout, got {type(cutout).__name__}"

@@ -12,7 +12,7 @@ from photutils.segmentation import SegmentationImage, deblend_sources
 
 from ._bits import BAD, NEIGHBOUR, OFF_FRAME, SATURATED, USER
 from ._checks import as_image, as_mask, check_pixel, check_positive
-from .cutout import Cutout
+from .cutouts import Cutout
 from .detection import DEBLEND_MODE_WARNING, detect, grow_sources, source_table
 
 __all__ = ["Mask", "cutout_mask", "TargetNotFoundError"]

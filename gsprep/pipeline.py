@@ -16,7 +16,7 @@ import numpy as np
 from astropy.table import Table
 
 from ._checks import check_choice, check_integer, check_nonnegative, check_number, check_positive, check_ra_dec
-from .cutout import Cutout, cutout
+from .cutouts import Cutout, cutout
 from .psf import EPSFResult, fit_epsf
 from .io import Image, atomic_write, read_image, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
