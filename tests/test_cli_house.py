@@ -20,8 +20,7 @@ def _python(code, *args):
     """Run ``code`` in a fresh interpreter (nothing imported before it); returns the finished process."""
     env = {**os.environ, "GSPREP_COMPILE_CACHE": "0"}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          check=False,
-                          timeout=300)
+                          check=False, timeout=300)
 
 
 _REPORT_HEAVY = f"import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
