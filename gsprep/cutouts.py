@@ -10,11 +10,11 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_scales
 
 from ._checks import as_image, check_choice, check_positive, check_ra_dec
+from .wcs import pixel_scale
 
-__all__ = ["Cutout", "cutout", "linear_wcs_header"]
+__all__ = ["Cutout", "cutout"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def cutout(data, wcs, ra, dec, r, *, recenter=None, recenter_radius=5):
     check_choice("recenter", recenter, (None, "peak"))
     ra, dec = check_ra_dec(ra, dec)
     r_as = _half_size_arcsec(r)
-    scale = float(np.mean(proj_plane_pixel_scales(cwcs)) * 3600.0)
+    scale = pixel_scale(cwcs)
     n = int(r_as / scale)
     if n < 1:
         msg = f"r={r_as:g} arcsec is less than one pixel ({scale:.4g} arcsec/pixel); no cut to make"
@@ -204,46 +204,3 @@ def _shift_lookup_tables(wcs, origin):
         crval = (t.crval[0] - origin[0], t.crval[1] - origin[1])
         setattr(w, k, DistortionLookupTable(np.asarray(t.data, dtype=np.float32), t.crpix, crval, t.cdelt))
     return w
-
-
-def _gnomonic(ra, dec, ra0, dec0):
-    """Standard coordinates (deg) of (ra, dec) about the tangent point (ra0, dec0)."""
-    a, d, a0, d0 = (np.radians(v) for v in (ra, dec, ra0, dec0))
-    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
-    xi = np.cos(d) * np.sin(a - a0) / cosc
-    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
-
-
-def linear_wcs_header(c):
-    """TAN WCS header (ICRS) with CRVAL at the target and CRPIX its 1-based pixel.
-
-    The CD matrix (written as CDELT = pixel scale and a PC rotation) is the
-    least-squares linear map from cutout pixels to the gnomonic projection of
-    the cut's full WCS (distortions, rotation and the frame's equinox
-    included).  Returns ``(header, max_deviation_pixels)`` where the deviation
-    is the largest difference, over the cut, between this linear WCS and the
-    full one.
-    """
-    size = c.data.shape[-1]
-    g = np.linspace(0, size - 1, min(size, 25))
-    gx, gy = np.meshgrid(g, g)
-    world = c.wcs.pixel_to_world(gx.ravel(), gy.ravel()).icrs
-    xi, eta = _gnomonic(world.ra.deg, world.dec.deg, c.ra, c.dec)
-    dp = np.column_stack([gx.ravel() - c.center[0], gy.ravel() - c.center[1]])
-    cd, *_ = np.linalg.lstsq(dp, np.column_stack([xi, eta]), rcond=None)
-    cd = cd.T  # rows: (xi, eta); columns: (x, y)
-    scale = c.pixel_scale / 3600.0
-    cdelt = np.array([-scale, scale])
-    pc = cd / cdelt[:, None]
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [c.ra, c.dec]
-    w.wcs.crpix = [c.center[0] + 1.0, c.center[1] + 1.0]
-    w.wcs.cdelt = cdelt
-    w.wcs.pc = pc
-    w.wcs.cunit = ["deg", "deg"]
-    w.wcs.radesys = "ICRS"
-    px, py = w.world_to_pixel(world)
-    dev = float(np.max(np.hypot(px - gx.ravel(), py - gy.ravel())))
-    return w.to_header(), dev

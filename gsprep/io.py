@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
-from astropy.wcs.utils import proj_plane_pixel_scales
 
 from ._bits import MASK_BITS
 from ._checks import check_choice
+from .wcs import WCS_TOL, cut_wcs_header, pixel_scale, strip_wcs, wcs_deviation
 
 __all__ = ["Image", "HeaderWarning", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
 
@@ -198,7 +197,7 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
         wcs = None
     scale = None
     if wcs is not None:
-        scale = float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
+        scale = pixel_scale(wcs)
     return Image(
         data=data,
         wcs=wcs,
@@ -214,30 +213,10 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
 # --------------------------------------------------------------------------
 # headers
 
-_WCS_KEY = re.compile(
-    r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+"
-    r"|CRDER\d|CSYER\d|LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|EPOCH|WCSNAME|MJDREF"
-    r"|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER|A_\d+_\d+|B_\d+_\d+|AP_\d+_\d+|BP_\d+_\d+|A_DMAX|B_DMAX"
-    r"|D2IM[\w.]*|CPDIS[\w.]*|CPERR[\w.]*|DP\d[\w.]*|DQ\d[\w.]*|AXISCORR|D2IMEXT|D2IMERR\w*)[A-Z]?$"
-)
-_STRUCTURAL = re.compile(
-    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BSCALE|BZERO|BLANK|EXTNAME|EXTVER"
-    r"|CHECKSUM|DATASUM|Z\w+|TFIELDS|TTYPE\d+|TFORM\d+)$"
-)
-
-
-def strip_wcs(header):
-    """Copy of ``header`` without WCS, distortion and structural keywords."""
-    out = fits.Header()
-    if header is None:
-        return out
-    for card in header.cards:
-        key = card.keyword
-        if not key or _WCS_KEY.match(key) or _STRUCTURAL.match(key):
-            continue
-        with contextlib.suppress(ValueError, KeyError):
-            out.append((key, card.value, card.comment), bottom=True)
-    return out
+def _quiet_wcs(header):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header)
 
 
 @contextlib.contextmanager
@@ -297,9 +276,7 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     provenance : dict, optional
         Extra ``KEY: value`` or ``KEY: (value, comment)`` cards for HDU 0.
     """
-    from .cutouts import Cutout, linear_wcs_header  # local: io sits below cutouts
-
-    if not isinstance(cutout, Cutout):
+    if not all(hasattr(cutout, a) for a in ("data", "wcs", "center", "ra", "dec", "pixel_scale", "off_frame")):
         msg = f"cutout must be a gsprep Cutout, got {type(cutout).__name__}"
         raise TypeError(msg)
     data = np.asarray(cutout.data)
@@ -334,15 +311,20 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     from . import __version__
 
     hdr = strip_wcs(header)
-    wcs_hdr, dev = linear_wcs_header(cutout)
+    wcs_hdr, _ = cut_wcs_header(cutout)
     hdr.update(wcs_hdr)
+    # the WCS astropy (and GalfitS) will read from the file alone, against the parent's
+    dev = wcs_deviation(_quiet_wcs(hdr), cutout)
+    if dev > 5 * WCS_TOL:
+        warnings.warn(f"write_cutout: the cutout's WCS differs from the parent's by up to {dev:.3f} px "
+                      "(WCSDEV); sky positions read from the file are off by that much", stacklevel=2)
     hdr["GSPVER"] = (__version__, "gsprep version")
     hdr["CUTNPIX"] = ((shape[-1] - 1) // 2, "cut half-size n (pixels); size 2n+1")
     hdr["CUTR"] = (float(cutout.r_arcsec), "cut half-size r (arcsec) asked for")
     hdr["PIXSCALE"] = (float(cutout.pixel_scale), "pixel scale (arcsec/pixel)")
     hdr["ORIGX"] = (int(cutout.origin[0]), "0-based parent x of cutout pixel 0")
     hdr["ORIGY"] = (int(cutout.origin[1]), "0-based parent y of cutout pixel 0")
-    hdr["WCSDEV"] = (float(dev), "max |linear WCS - full WCS| in cutout (pix)")
+    hdr["WCSDEV"] = (float(dev), "max |file WCS - parent WCS| over the cut (pix)")
     hdr["NOFFFRM"] = (int(np.count_nonzero(cutout.off_frame)), "pixels off the parent frame")
     for key, value in (provenance or {}).items():
         hdr[key.upper()] = value

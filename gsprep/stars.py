@@ -28,6 +28,7 @@ from ._checks import (
     check_ra_dec,
 )
 from .detection import detect
+from .wcs import pixel_scale
 
 __all__ = [
     "find_stars",
@@ -144,9 +145,7 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
     t.meta["fwhm"] = float(fwhm)
     t.meta["size"] = size
     if wcs is not None:
-        from astropy.wcs.utils import proj_plane_pixel_scales
-
-        t.meta["pixel_scale"] = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+        t.meta["pixel_scale"] = pixel_scale(wcs)
     return (t, seg) if return_segmentation else t
 
 
