@@ -142,8 +142,14 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
 
     Examples
     --------
-    >>> m = cutout_mask(cut, fwhm=3.0, deblend=True)     # doctest: +SKIP
-    >>> m.mask.mean(), m.n_neighbours                     # doctest: +SKIP
+    >>> from astropy.wcs import WCS
+    >>> from gsprep import cutout
+    >>> from gsprep.simulate import demo_frame
+    >>> frame, header = demo_frame(fwhm=3.0, shape=(201, 201), n_stars=20)   # sky about 21
+    >>> cut = cutout(frame - 21.0, WCS(header), 150.1, 2.2, 20.0)   # 101 x 101 px, the target at (50, 50)
+    >>> m = cutout_mask(cut, fwhm=3.0, deblend=True)
+    >>> m.n_neighbours, bool(m.mask[50, 50]), bool(m.mask[15, 95])   # the target kept, its neighbour masked
+    (1, False, True)
     """
     if isinstance(data, Cutout):
         if off_frame is None:
