@@ -86,6 +86,12 @@ def cmd_psf(args):
     from .stars import StarCriteria, extract_stamps, find_stars, select_stars
 
     _check_psf_args(args)
+    stem = os.path.splitext(args.out)[0]
+    figures = {} if args.no_figures else {n: f"{stem}_{n}.png" for n in ("sky", "funnel", "stars", "psf")}
+    there = [path for path in figures.values() if os.path.exists(path)]
+    if there and not args.overwrite:
+        msg = f"--out: figure {there[0]!r} exists; add --overwrite to replace it (or --no-figures)"
+        raise FileExistsError(msg)
     img = read_image(args.image, args.hdu, unit=args.unit)
     exptime = args.exptime or img.exptime
     if args.unit == "cR" and exptime is None:
@@ -96,7 +102,8 @@ def cmd_psf(args):
         msg = f"{args.image}: the frame has no celestial WCS, so --stars/--gaia cannot be matched to it"
         raise ValueError(msg)
     _say(args, f"{args.image}: sky")
-    sky = fit_sky(img.data, sky_mask(img.data, fwhm=args.fwhm), order=args.sky_order)
+    keep_out = sky_mask(img.data, fwhm=args.fwhm)
+    sky = fit_sky(img.data, keep_out, order=args.sky_order)
     clean = img.data - sky.background
     sigma = sigma_image(clean, exptime=exptime, gain=args.gain or img.gain or 1.0, sky=0.0, sky_rms=sky.rms,
                         unit=args.unit)
@@ -124,6 +131,16 @@ def cmd_psf(args):
     from .plots import quality_lines
 
     _say(args, f"wrote {args.out}: " + "; ".join(quality_lines(res)))
+    if figures:
+        from .plots import fig_funnel, fig_psf, fig_sky, fig_stars
+
+        name = os.path.basename(stem)
+        fig_sky(img.data, sky.background, keep_out, rms=sky.rms, unit=args.unit, title=f"{name}: sky subtraction",
+                save=figures["sky"])
+        fig_funnel(sel, title=f"{name}: PSF star selection", save=figures["funnel"])
+        fig_stars(stamps, res, title=f"{name}: PSF stars", save=figures["stars"])
+        fig_psf(res, title=f"{name}: PSF", save=figures["psf"])
+        _say(args, f"wrote {stem}_{{{','.join(figures)}}}.png")
     return 0
 
 
@@ -260,6 +277,7 @@ def build_parser():
     ps.add_argument("--sky-order", type=int, default=2,
                     help="polynomial order of the sky fit, 0 = constant (default: %(default)s)")
     ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
+    ps.add_argument("--no-figures", action="store_true", help="do not write the PNG figures (default: write them)")
     ps.set_defaults(func=cmd_psf)
 
     bt = sub.add_parser("batch", parents=common,
