@@ -114,6 +114,7 @@ def read_targets(targets):
 def target_configs(targets, config, *, targets_dir=None):
     """One :class:`PrepareConfig` per row of ``targets`` (from ``read_targets``).
 
+    An optional ``redshift`` column goes to the ``.lyric``'s ``R3)``.
     Band files come from a ``file_<band>`` column when the table has one
     (relative to ``targets_dir``), else from the config's file template,
     filled with the row (``"frames/{name}_g.fits"``).
@@ -144,8 +145,13 @@ def target_configs(targets, config, *, targets_dir=None):
         if not np.isfinite(r):
             msg = "targets: no 'r' column and no [target] r (half-size, arcsec) in the config"
             raise ValueError(msg)
+        z = float(row["redshift"]) if "redshift" in cols else None
+        if z is not None and np.isfinite(z) and z < 0:
+            msg = f"targets: redshift of {row['name']} must be >= 0, got {z}"
+            raise ValueError(msg)
+        z = z if z is not None and np.isfinite(z) else None  # blank: the .lyric says it is unknown
         out.append(dataclasses.replace(config, name=str(row["name"]), ra=float(row["ra"]), dec=float(row["dec"]),
-                                       r=r, bands=bands))
+                                       r=r, bands=bands, redshift=z))
     return out
 
 

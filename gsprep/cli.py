@@ -189,7 +189,8 @@ def cmd_demo(args):
         data, header = demo_frame(fwhm=fwhm, seed=i)
         path = os.path.join(out, "frames", f"demo_{band}.fits")
         fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(path, overwrite=True)
-        lines += [f"[bands.{band}]", f'file = "frames/demo_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0", ""]
+        lines += [f"[bands.{band}]", f'file = "frames/demo_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
     cfg_path = os.path.join(out, "demo.toml")
     with open(cfg_path, "w") as f:
         f.write("\n".join(lines))

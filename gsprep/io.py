@@ -373,6 +373,12 @@ def _finite(v, default=-1.0):
 def write_psf(path, result, *, stars=None, header=None, overwrite=False):
     """Write a PSF file: primary HDU = the PSF (float32, sum 1), plus a ``STARS`` table.
 
+    With ``oversampling > 1`` two more image HDUs follow the ``STARS``
+    table, for GalfitS: ``NATIVE`` (HDU 2, the native-pixel PSF, odd size,
+    centred on its central pixel, sum 1) and ``FINE`` (HDU 3, the
+    oversampled PSF on an odd grid centred on its central sub-pixel, see
+    :func:`fine_centred`).
+
     Header keywords: ``OVERSAMP`` (sub-pixels per pixel), ``PSFCONV``
     (``"SUBPIXEL-FLUX"``: each value is the fraction of the flux in that
     sub-pixel; not photutils' ePSF convention), ``NSTARS`` (stars fitted,
@@ -456,10 +462,45 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
                 t[name] = stars[name]
     prim = fits.PrimaryHDU(psf.astype(np.float32), header=hdr)
     tab = fits.BinTableHDU(t, name="STARS")
+    hdus = [prim, tab]
+    if k > 1:
+        # for GalfitS: the native-pixel PSF (what every GalfitS example uses, Ia5) 1), and the oversampled
+        # PSF on an odd grid centred on its central sub-pixel (Ia5) k)
+        native = psf.reshape(psf.shape[0] // k, k, psf.shape[1] // k, k).sum(axis=(1, 3))
+        nat = fits.ImageHDU(native.astype(np.float32), name="NATIVE")
+        nat.header["OVERSAMP"] = (1, "native pixels")
+        nat.header["COMMENT"] = "the PSF summed over each k x k block: odd size, centred on the central pixel, sum 1"
+        fine = fine_centred(psf, k)
+        fin = fits.ImageHDU(fine.astype(np.float32), name="FINE")
+        fin.header["OVERSAMP"] = (k, "PSF sub-pixels per native pixel (per axis)")
+        fin.header["COMMENT"] = "the oversampled PSF on an odd grid, centred on its central sub-pixel, sum 1"
+        hdus += [nat, fin]
     with atomic_write(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        fits.HDUList([prim, tab]).writeto(tmp, overwrite=True)
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
     return os.fspath(path)
+
+
+def fine_centred(psf, k):
+    """The oversampled PSF on an odd grid with its centre at the centre of the central sub-pixel (sum 1).
+
+    gsprep's oversampled PSF (``k * size`` sub-pixels) is centred on the
+    centre of its central *native* pixel, which for even ``k`` is the corner
+    of four sub-pixels.  Here it is shifted by half a sub-pixel
+    (band-limited interpolation) onto a ``k * size + 1`` grid; for odd ``k``
+    it is returned as it is.
+    """
+    psf = np.asarray(psf, dtype=float)
+    if k % 2:
+        return psf / psf.sum()
+    n = psf.shape[0]
+    m = 2 * n + 2  # zero-padded: the shifted wings do not wrap round
+    pad = np.zeros((m, m))
+    pad[:n, :n] = psf
+    f = np.fft.fftfreq(m)
+    ph = np.exp(-2j * np.pi * f * 0.5)
+    out = np.real(np.fft.ifft2(np.fft.fft2(pad) * ph[:, None] * ph[None, :]))[: n + 1, : n + 1]
+    return out / out.sum()
 
 
 def read_psf(path):

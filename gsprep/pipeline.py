@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -17,6 +18,7 @@ from astropy.table import Table
 
 from ._checks import check_choice, check_integer, check_nonnegative, check_number, check_positive, check_ra_dec
 from .cutouts import Cutout, cutout
+from .galfits import galfits_filter, header_zeropoint, image_block, lyric_text
 from .psf import EPSFResult, fit_epsf
 from .io import Image, atomic_write, read_image, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
@@ -33,7 +35,10 @@ class BandSpec:
     """One band of a target: where its frame is and what the PSF is like.
 
     ``fwhm`` is the PSF FWHM in pixels (detection smoothing); ``zeropoint``
-    the AB magnitude zero point when known (written to the GalfitS block).
+    the AB magnitude zero point (default: from the header, see
+    :func:`gsprep.galfits.header_zeropoint`); ``filter`` GalfitS's name of
+    the band (``Ia2``; default: from the band key or the header, see
+    :func:`gsprep.galfits.galfits_filter`).
     """
 
     file: str
@@ -43,6 +48,7 @@ class BandSpec:
     zeropoint: float | None = None
     exptime: float | None = None
     gain: float | None = None
+    filter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class PrepareConfig:
     oversampling: int = 2
     psf: bool = True
     require_target: bool = True
+    lyric_psf: str = "native"
+    redshift: float | None = None
     criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
 
 
@@ -85,8 +93,8 @@ class BandProducts:
     error: str | None = None
 
 
-_TARGET_KEYS = {"name", "ra", "dec", "r"}
-_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "r", "bands", "criteria"}
+_TARGET_KEYS = {"name", "ra", "dec", "r", "redshift"}
+_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "r", "bands", "criteria", "redshift"}
 _BAND_KEYS = {f.name for f in fields(BandSpec)}
 _CRITERIA_KEYS = {f.name for f in fields(StarCriteria)}
 
@@ -167,8 +175,10 @@ def load_config(path, *, batch=False):
     else:
         r = _in_section("target", lambda: check_positive("r", target["r"]))
         ra, dec = _in_section("target", lambda: check_ra_dec(target["ra"], target["dec"]))
+    z = target.get("redshift")
+    z = None if z is None else _in_section("target", lambda: check_nonnegative("redshift", z))
     return PrepareConfig(name=str(target.get("name", "target")), ra=ra, dec=dec, r=r, bands=bands,
-                         criteria=criteria, **options)
+                         criteria=criteria, redshift=z, **options)
 
 
 def _in_section(section, make):
@@ -191,6 +201,7 @@ _OPTION_CHECKS = {
     "star_npixels": lambda v: check_integer("star_npixels", v, lower=1),
     "stamp_size": lambda v: check_integer("stamp_size", v, lower=3, odd=True),
     "oversampling": lambda v: check_integer("oversampling", v, lower=1, upper=16),
+    "lyric_psf": lambda v: check_choice("lyric_psf", v, ("native", "oversampled")),
 }
 
 
@@ -211,6 +222,9 @@ def _checked_band(spec):
     """A band's values checked (the TOML keys are the field names)."""
     check_positive("fwhm", spec.fwhm)
     check_choice("unit", spec.unit, ("cR", "counts"))
+    if spec.filter is not None and not (isinstance(spec.filter, str) and spec.filter.strip()):
+        msg = f"filter must be a GalfitS filter name (a string such as 'sloan_g'), got {spec.filter!r}"
+        raise TypeError(msg)
     if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
         msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
         raise TypeError(msg)
@@ -432,26 +446,17 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
 
 
 def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=None, unit="cR"):
-    """The ``Ia1)`` ... ``Ia15)`` image lines of a GalfitS ``.lyric`` config for one band."""
-    zp = -1 if zeropoint is None else zeropoint
-    p = f"I{letter}"
-    return "\n".join([
-        f"{p}1) [{cut_file},0]    # input data image (sky-subtracted cutout)",
-        f"{p}2) {band}    # band of the image",
-        f"{p}3) [{cut_file},2]    # sigma image",
-        f"{p}4) [{psf_file},0]    # PSF image (sub-pixel flux, sum 1)",
-        f"{p}5) {oversampling}    # PSF fine sampling factor relative to data",
-        f"{p}6) [{cut_file},1]    # bad pixel mask (1 = masked)",
-        f"{p}7) {unit}    # unit of the image",
-        f"{p}8) {r:g}    # size of the cutout region, arcsec (half-size)",
-        f"{p}9) -1    # conversion factor from erg/s/cm^2/A to image unit, -1 for default",
-        f"{p}10) {zp}    # magnitude photometric zeropoint",
-        f"{p}11) uniform    # sky model",
-        f"{p}12) [[0,-0.5,0.5,0.1,0]]    # sky parameter (sky already subtracted by gsprep)",
-        f"{p}13) 0    # allow relative shifting",
-        f"{p}14) [[0,-0.5,0.5,0.1,0],[0,-0.5,0.5,0.1,0]]    # [shiftx, shifty]",
-        f"{p}15) 1    # use SED information",
-    ])
+    """The ``Ia1)`` ... ``Ia15)`` image lines of one band (see :func:`gsprep.galfits.image_block`).
+
+    ``psf_file`` None: no PSF line.  The PSF named is the native-pixel one
+    (``Ia5) 1``; HDU 2 ``NATIVE`` of an oversampled PSF file).
+    """
+    from .galfits import galfits_filter, image_block
+
+    ref = None if psf_file is None else (psf_file, 2 if oversampling > 1 else 0)
+    name, _ = galfits_filter(band)
+    return image_block(letter, band, cut_file=cut_file, psf_ref=ref, psf_sampling=1, r=r, filter_name=name,
+                       zeropoint=zeropoint, unit=unit)
 
 
 def product_paths(config, out_dir, *, figures=True):
@@ -494,7 +499,7 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
     check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
     os.makedirs(out_dir, exist_ok=True)
     written = {}
-    blocks = []
+    blocks = {}
     letters = iter("abcdefghijklmnopqrstuvwxyz")
     for band, p in products.items():
         if p.error:
@@ -510,12 +515,33 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
                                  "BAND": band})
         files.append(cut_file)
         psf_file = os.path.join(out_dir, f"{config.name}_{band}_psf.fits")
+        psf_ref = None
         if p.psf is not None:
             sel = p.stars[np.asarray(p.stars["selected"], bool)]
             write_psf(psf_file, p.psf, stars=sel["id", "x", "y"], overwrite=overwrite)
             files.append(psf_file)
-        blocks.append(galfits_block(next(letters), band, os.path.basename(cut_file), os.path.basename(psf_file),
-                                    config.oversampling, config.r, spec.zeropoint, spec.unit))
+            k = int(p.psf.oversampling)
+            # GalfitS: the native-pixel PSF by default (HDU 2 NATIVE), the centred oversampled one (HDU 3 FINE)
+            # on request; with k = 1 the primary HDU is both
+            if k == 1:
+                psf_ref, sampling = (os.path.basename(psf_file), 0), 1
+            elif config.lyric_psf == "oversampled":
+                psf_ref, sampling = (os.path.basename(psf_file), 3), k
+            else:
+                psf_ref, sampling = (os.path.basename(psf_file), 2), 1
+        header = images[band].header
+        filt, _how = galfits_filter(band, header, spec.filter)
+        if filt is None:
+            warnings.warn(f"band {band!r}: no GalfitS filter name (set filter = \"...\" in [bands.{band}], "
+                          "e.g. \"sloan_g\"); its image block has Ia2) "
+                          f"{band} and Ia15) 0 (no SED)", stacklevel=2)
+        zp = spec.zeropoint
+        if zp is None:
+            zp, _ = header_zeropoint(header)
+        letter = next(letters)
+        blocks[letter] = image_block(letter, band, cut_file=os.path.basename(cut_file), psf_ref=psf_ref,
+                                     psf_sampling=sampling if psf_ref else 1, r=config.r, filter_name=filt,
+                                     zeropoint=zp, unit=spec.unit)
         if figures:
             files += _figures(p, images[band], out_dir, f"{config.name}_{band}")
         written[band] = files
@@ -526,10 +552,11 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
         fig_psfs({b: p.psf for b, p in products.items() if not p.error and p.psf is not None}, save=path)
     if blocks:
         lyric = os.path.join(out_dir, f"{config.name}_images.lyric")
-        header = (f"R1) {config.name}    # name of the target\n"
-                  f"R2) [{config.ra},{config.dec}]    # sky coordinate of the target [RA, Dec]\n\n")
+        scales = {round(float(products[b].cutout.pixel_scale), 6) for b in products if not products[b].error}
+        text = lyric_text(config.name, config.ra, config.dec, blocks, redshift=config.redshift,
+                          same_pixels=len(scales) == 1)
         with atomic_write(lyric, overwrite=overwrite) as tmp, open(tmp, "w") as f:
-            f.write(header + "\n\n".join(blocks) + "\n")
+            f.write(text)
     return written
 
 
@@ -595,8 +622,9 @@ def _figures(p, image, out_dir, stem):
         fn(*args, save=path, **kw)
         paths.append(path)
 
-    save(fig_sky, "sky", image.data, p.sky.background, title=f"{stem}: sky subtraction")
-    save(fig_cutout, "cutout", p.cutout, p.mask, title=f"{stem}: cutout and mask")
+    save(fig_sky, "sky", image.data, p.sky.background, rms=float(np.mean(p.sky.rms)), unit=image.unit,
+         title=f"{stem}: sky subtraction")
+    save(fig_cutout, "cutout", p.cutout, p.mask, unit=image.unit, title=f"{stem}: cutout and mask")
     if p.psf is not None:
         save(fig_funnel, "funnel", p.stars, title=f"{stem}: PSF star selection")
         save(fig_stars, "stars", p.stamps, p.psf, title=f"{stem}: PSF stars, model, residual")

@@ -39,7 +39,8 @@ def make_targets(folder, n=4, corrupt=None):
     Table(rows=rows, names=("name", "ra", "dec")).write(folder / "targets.csv", overwrite=True)
     lines = ["[target]", "r = 20.0", "", "[options]", *OPTIONS, ""]
     for band, fwhm in BANDS:
-        lines += [f"[bands.{band}]", f'file = "frames/{{name}}_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0", ""]
+        lines += [f"[bands.{band}]", f'file = "frames/{{name}}_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
     (folder / "bands.toml").write_text("\n".join(lines))
     return folder / "targets.csv", folder / "bands.toml"
 
@@ -48,7 +49,8 @@ def prepare_config(folder, name, ra):
     """The ``gsprep prepare`` config of one target of ``make_targets``."""
     lines = ["[target]", f'name = "{name}"', f"ra = {ra}", "dec = 2.2", "r = 20.0", "", "[options]", *OPTIONS, ""]
     for band, fwhm in BANDS:
-        lines += [f"[bands.{band}]", f'file = "frames/{name}_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0", ""]
+        lines += [f"[bands.{band}]", f'file = "frames/{name}_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
     path = folder / f"{name}.toml"
     path.write_text("\n".join(lines))
     return path

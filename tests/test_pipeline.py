@@ -23,7 +23,8 @@ def write_config(folder, extra_band="", options="", bands=(("g", 2.6), ("r", 3.2
     lines = ["[target]", 'name = "t1"', f"ra = {RA}", f"dec = {DEC}", "r = 20.0", "", "[options]",
              "oversampling = 2", "stamp_size = 21", "sky_order = 1", options, ""]
     for band, fwhm in bands:
-        lines += [f"[bands.{band}]", f'file = "f_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0", ""]
+        lines += [f"[bands.{band}]", f'file = "f_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
     lines.append(extra_band)
     path = folder / "cfg.toml"
     path.write_text("\n".join(lines))
@@ -60,7 +61,14 @@ def test_prepare_end_to_end(tmp_path, capsys):
         for token in line.split("#")[0].replace("[", " ").replace("]", " ").replace(",", " ").split():
             if token.endswith(".fits"):
                 assert (out / token).exists(), token
-    assert "Ia1) [t1_g.fits,0]" in lyric and "Ib4) [t1_r_psf.fits,0]" in lyric and "Ia10) 25.0" in lyric
+    assert "Ia1) [t1_g.fits,0]" in lyric and "Ib4) [t1_r_psf.fits,2]" in lyric and "Ia10) 25.0" in lyric
+    # GalfitS reads the native-pixel PSF (HDU 2): odd, centred on its central pixel, sum 1, Ia5) 1
+    assert "Ia5) 1 " in lyric and "Ia2) sloan_g " in lyric and "Ia15) 1 " in lyric and "Aa2) ['a', 'b']" in lyric
+    with fits.open(out / "t1_r_psf.fits") as h:
+        nat = h[2].data.astype(float)
+        assert h[2].name == "NATIVE" and nat.shape == (21, 21) and abs(nat.sum() - 1) < 1e-5
+        yy, xx = np.indices(nat.shape)
+        assert abs((nat * xx).sum() - 10) < 0.05 and abs((nat * yy).sum() - 10) < 0.05
 
 
 def test_prepare_target_is_pure_and_matches_cli_products(tmp_path):
@@ -83,8 +91,8 @@ def test_bad_config(tmp_path, capsys):
     assert main(["prepare", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gsprep: error: config: unknown key") and "Traceback" not in err
-    cfg = write_config(tmp_path, extra_band='[bands.z]\nfile = "f_g.fits"\nfwhm = 3.0\nfilter = "z"\n')
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['filter'\] in \[bands.z\]"):
+    cfg = write_config(tmp_path, extra_band='[bands.z]\nfile = "f_g.fits"\nfwhm = 3.0\ncolour = "z"\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\] in \[bands.z\]"):
         load_config(cfg)
     with pytest.raises(FileNotFoundError, match="config: no such file"):
         load_config(tmp_path / "nope.toml")
@@ -95,7 +103,7 @@ def test_missing_file_and_off_frame_band_are_skipped(tmp_path, capsys):
     # a third band whose frame is elsewhere on the sky, a fourth whose file is missing
     data, header = demo_frame(fwhm=3.0, seed=5, shape=(300, 300), n_stars=30, ra=151.0)
     fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(tmp_path / "f_far.fits")
-    extra = '[bands.far]\nfile = "f_far.fits"\nfwhm = 3.0\n\n[bands.gone]\nfile = "missing.fits"\nfwhm = 3.0\n'
+    extra = '[bands.far]\nfile = "f_far.fits"\nfwhm = 3.0\nfilter = "sloan_i"\n\n[bands.gone]\nfile = "missing.fits"\nfwhm = 3.0\n'
     cfg = write_config(tmp_path, extra_band=extra)
     out = tmp_path / "out"
     assert main(["prepare", str(cfg), "--out", str(out), "--no-figures"]) == 0
@@ -105,7 +113,7 @@ def test_missing_file_and_off_frame_band_are_skipped(tmp_path, capsys):
     assert (out / "t1_g.fits").exists() and (out / "t1_r.fits").exists()
     assert not (out / "t1_far.fits").exists()
     lyric = (out / "t1_images.lyric").read_text()
-    assert "far" not in lyric and "Ib2) r" in lyric
+    assert "far" not in lyric and "Ib2) sloan_r" in lyric
 
 
 def test_psf_command(tmp_path, capsys):
@@ -125,7 +133,7 @@ def test_bands_in_one_call_match_band_by_band(tmp_path):
     # a third band whose frame does not hold the target: it fails alone, the stack goes on
     data, header = demo_frame(fwhm=3.0, seed=5, shape=(300, 300), n_stars=30, ra=151.0)
     fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(tmp_path / "f_far.fits")
-    cfg = load_config(write_config(tmp_path, extra_band='[bands.far]\nfile = "f_far.fits"\nfwhm = 3.0\n'))
+    cfg = load_config(write_config(tmp_path, extra_band='[bands.far]\nfile = "f_far.fits"\nfwhm = 3.0\nfilter = "sloan_i"\n'))
     images = {b: gsprep.read_image(s.file) for b, s in cfg.bands.items()}
     stacked = gsprep.prepare_target(images, RA, DEC, cfg, stack_bands=True)  # sky and PSF stacked
     single = gsprep.prepare_target(images, RA, DEC, cfg, stack_bands=False)
@@ -198,10 +206,13 @@ def test_config_options_are_checked_when_read_naming_the_toml_key(tmp_path, opti
     (f"ra = {RA}", "ra = 510.1", r"config: \[target\] ra must be within \[0, 360\) degrees"),
     ("r = 20.0", 'r = "20"', r"config: \[target\] r must be a positive number, got '20'"),
     ("fwhm = 2.6", "fwhm = -2.6", r"config: \[bands.g\] fwhm must be a finite number > 0"),
-    ("zeropoint = 25.0\n\n[bands.r]", 'zeropoint = 25.0\nunit = "Jy"\n\n[bands.r]',
+    ('filter = "sloan_g"\n\n[bands.r]', 'filter = "sloan_g"\nunit = "Jy"\n\n[bands.r]',
      r"config: \[bands.g\] unit must be one of"),
     ("[bands.g]", "[criteria]\ndrop = 5\n\n[bands.g]", r"config: \[criteria\] drop must be a sequence of star ids"),
     ("[bands.g]", "[criteria]\nq_min = 'a'\n\n[bands.g]", r"config: \[criteria\] q_min must be a number, got 'a'"),
+    ("r = 20.0", "r = 20.0\nredshift = -0.1", r"config: \[target\] redshift must be"),
+    ("sky_order = 1", 'sky_order = 1\nlyric_psf = "fine"', r"config: \[options\] lyric_psf must be one of"),
+    ('filter = "sloan_g"', "filter = 5", r"config: \[bands.g\] filter must be a GalfitS filter name"),
 ])
 def test_config_values_are_checked_when_read_naming_the_toml_key(tmp_path, old, new, match):
     cfg = write_config(tmp_path)
