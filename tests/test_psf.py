@@ -142,6 +142,19 @@ def test_not_converged_is_a_warning(pupil_stars):
     assert not res.converged and res.n_iter == 1
 
 
+def test_stars_with_negative_flux_are_flagged_and_left_out(pupil_stars, pupil_fit):
+    """A 'star' fitted with a negative flux (a hole, a negative ghost) is flagged (bit 8) and left out."""
+    s = pupil_stars
+    d = s["data"].copy()
+    d[:2] = -d[:2]
+    res = gsprep.fit_epsf(d, s["sigma"], oversampling=s["k"])
+    assert np.all(res.flags[:2] & 8) and not np.any(res.flags[2:] & 8)
+    assert np.all(res.fluxes[:2] <= 0)
+    # the PSF is the one the good stars give
+    peak = pupil_fit.psf.max()
+    assert np.sqrt(np.mean((res.psf - pupil_fit.psf) ** 2)) / peak < 0.01
+
+
 def test_small_stamps_are_warned_about():
     otf = T.kolmogorov_otf(fwhm=4.0, optics_sigma=0.8)
     rng = np.random.default_rng(9)

@@ -35,8 +35,8 @@ from .validation import GRID, KINDS, assign_folds, choose, heldout_scores, robus
 __all__ = ["EPSFResult", "fit_epsf", "fit_stars", "oracle_psf", "FLAG_BITS", "PSFConvergenceWarning"]
 
 #: star flags (OR-ed): 1 chi-square outlier (left out of the fit), 2 no usable pixels,
-#: 4 more than a quarter of its pixels clipped
-FLAG_BITS = {1: "chi2 outlier", 2: "no usable pixels", 4: "many pixels clipped"}
+#: 4 more than a quarter of its pixels clipped, 8 fitted flux not positive (left out of the fit)
+FLAG_BITS = {1: "chi2 outlier", 2: "no usable pixels", 4: "many pixels clipped", 8: "flux not positive"}
 
 
 class PSFConvergenceWarning(UserWarning):
@@ -453,10 +453,11 @@ def _band_report(o, d, w, valid, k, clip):
     xy, flux, sky = (np.asarray(v, float)[:n] for v in (st.xy, st.flux, st.sky))
     w_fit = np.asarray(st.w, float)[:n]
     flagged, many = np.asarray(o["flagged"])[:n], np.asarray(o["many"])[:n]
-    flags = np.where(flagged, 1, 0) | np.where(valid, 0, 2) | np.where(many, 4, 0)
+    nonpos = flagged & valid & ~(flux > 0)
+    flags = np.where(flagged & ~nonpos, 1, 0) | np.where(nonpos, 8, 0) | np.where(valid, 0, 2) | np.where(many, 4, 0)
     model = np.asarray(o["model"], float)[:n]
     # reduced chi-square of every star (flagged ones too) on its own unclipped pixels
-    w_eval = np.where((flags & 1)[:, None, None] > 0, np.where(valid[:, None, None], w, 0.0), w_fit)
+    w_eval = np.where((flags & 9)[:, None, None] > 0, np.where(valid[:, None, None], w, 0.0), w_fit)
     if clip is not None:
         w_eval = np.where(np.abs(d - model) * np.sqrt(w_eval) > clip, 0.0, w_eval)
     res2 = np.where(w_eval > 0, (d - model) ** 2 * w_eval, 0.0).reshape(n, -1).sum(1)

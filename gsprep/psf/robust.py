@@ -74,7 +74,8 @@ def robust_weights(st, d, w0, flagged, sx, clip, chi2_nsigma):
     all stars at that stamp position (the PSF model's own error, scaled by
     each star's flux), exceeds ``clip`` sigma.  A star is flagged when its
     reduced chi-square lies ``chi2_nsigma`` robust sigmas above the median
-    (and above 1.5).  Returns ``(weights, flagged, many_clipped)``.
+    (and above 1.5), or when its fitted flux is not positive.  Returns
+    ``(weights, flagged, many_clipped)``.
     """
     dt = d.dtype
     m = models(psf(st, sx), st.xy, st.flux, st.sky, sx.size, sx.k, sx.psf_size)
@@ -94,7 +95,8 @@ def robust_weights(st, d, w0, flagged, sx, clip, chi2_nsigma):
     med = jnp.nanmedian(jnp.where(live, chi, jnp.nan))
     mad = 1.4826 * jnp.nanmedian(jnp.where(live, jnp.abs(chi - med), jnp.nan))
     out = live & (chi > med + chi2_nsigma * jnp.maximum(mad, 0.05 * med)) & (chi > 1.5) & (jnp.sum(live) >= 5)
-    flagged = flagged | out
+    # a star fitted with no positive flux is no star of this PSF (a hole, a bad column, a negative ghost)
+    flagged = flagged | out | (live & ~(st.flux > 0))
     w = jnp.where(flagged[:, None, None], 0.0, w)
     many = 4 * jnp.sum(grown & (w0 > 0), axis=(1, 2)) > jnp.maximum(jnp.sum(w0 > 0, axis=(1, 2)), 1)
     return w, flagged, many
