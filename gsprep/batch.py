@@ -54,7 +54,9 @@ def read_targets(targets):
     """Read and check a targets table (CSV, ECSV, FITS, ... or an astropy Table).
 
     Columns: ``name`` (used for the output folder and file names: letters,
-    digits, ``_ . + -``), ``ra`` and ``dec`` (ICRS degrees); optionally
+    digits, ``_ . + -``), ``ra`` and ``dec`` (ICRS degrees) or, for frames
+    without a WCS, ``x`` and ``y`` (0-based pixels; the bands then need
+    ``pixel_scale`` in the config); optionally
     ``r`` (cutout half-size, arcsec) and ``file_<band>`` (that band's frame,
     overriding the config's file template).  Names must be unique.
     """
@@ -71,9 +73,16 @@ def read_targets(targets):
         except Exception as exc:  # astropy raises many kinds here
             msg = f"targets: cannot read {path!r} as a table ({exc})"
             raise ValueError(msg) from None
-    missing = [c for c in ("name", "ra", "dec") if c not in tab.colnames]
+    sky = {"ra", "dec"} & set(tab.colnames)
+    pix = {"x", "y"} & set(tab.colnames)
+    if sky and pix:
+        msg = (f"targets: columns ra, dec (degrees) or x, y (pixels), not both; the table has {sorted(sky | pix)}")
+        raise ValueError(msg)
+    pair = ("x", "y") if pix else ("ra", "dec")
+    missing = [c for c in ("name", *pair) if c not in tab.colnames]
     if missing:
-        msg = f"targets: missing column(s) {missing}; the table has {tab.colnames}"
+        msg = (f"targets: missing column(s) {missing} (a target is ra, dec in degrees or x, y in 0-based pixels); "
+               f"the table has {tab.colnames}")
         raise ValueError(msg)
     if len(tab) == 0:
         msg = "targets: the table has no rows"
@@ -93,15 +102,20 @@ def read_targets(targets):
         msg = f"targets: duplicate name(s) {sorted(set(dup))[:5]}; each target needs its own name"
         raise ValueError(msg)
     tab["name"] = names
-    for col, lo, hi in (("ra", 0.0, 360.0), ("dec", -90.0, 90.0)):
+    limits = ((("x", -np.inf, np.inf), ("y", -np.inf, np.inf)) if pix
+              else (("ra", 0.0, 360.0), ("dec", -90.0, 90.0)))
+    what = "pixels" if pix else "degrees"
+    for col, lo, hi in limits:
         try:
             v = np.asarray(tab[col], float)
         except (TypeError, ValueError):
-            msg = f"targets: column {col!r} must be numbers (degrees)"
+            msg = f"targets: column {col!r} must be numbers ({what})"
             raise ValueError(msg) from None
         wrong = ~np.isfinite(v) | (v < lo) | (v > hi)
         if wrong.any():
-            msg = f"targets: {col} out of [{lo:g}, {hi:g}] degrees or missing for {[n for n, b in zip(names, wrong, strict=True) if b][:5]}"
+            bad_rows = [n for n, b in zip(names, wrong, strict=True) if b][:5]
+            rng = "not a finite number" if pix else f"out of [{lo:g}, {hi:g}] degrees"
+            msg = f"targets: {col} {rng} or missing for {bad_rows}"
             raise ValueError(msg)
     if "r" in tab.colnames:
         r = np.asarray(tab["r"], float)
@@ -150,8 +164,11 @@ def target_configs(targets, config, *, targets_dir=None):
             msg = f"targets: redshift of {row['name']} must be >= 0, got {z}"
             raise ValueError(msg)
         z = z if z is not None and np.isfinite(z) else None  # blank: the .lyric says it is unknown
-        out.append(dataclasses.replace(config, name=str(row["name"]), ra=float(row["ra"]), dec=float(row["dec"]),
-                                       r=r, bands=bands, redshift=z))
+        if "x" in cols and "ra" not in cols:  # a target in pixels (frames without a WCS)
+            where = {"ra": None, "dec": None, "x": float(row["x"]), "y": float(row["y"])}
+        else:
+            where = {"ra": float(row["ra"]), "dec": float(row["dec"]), "x": None, "y": None}
+        out.append(dataclasses.replace(config, name=str(row["name"]), r=r, bands=bands, redshift=z, **where))
     return out
 
 

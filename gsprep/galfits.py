@@ -151,13 +151,20 @@ def image_block(letter, band, *, cut_file, psf_ref, psf_sampling, r, filter_name
     ])
 
 
-def lyric_text(name, ra, dec, blocks, *, redshift=None, same_pixels=False):
-    """A ``.lyric`` data section: the region, the image blocks ``{letter: text}`` and one image atlas."""
+def lyric_text(name, ra, dec, blocks, *, redshift=None, same_pixels=False, standin=False):
+    """A ``.lyric`` data section: the region, the image blocks ``{letter: text}`` and one image atlas.
+
+    ``standin=True``: ``ra, dec`` is the stand-in sky position of cutouts
+    whose frames have no WCS (:data:`gsprep.wcs.STANDIN_CRVAL`); ``R2)``'s
+    comment says so.
+    """
     letters = list(blocks)
     z = "0    # redshift of the target: unknown to gsprep, set it" if redshift is None else f"{redshift:g}"
     region = "\n".join([
         f"R1) {name}    # name of the target",
-        f"R2) [{ra},{dec}]    # sky coordinate of the target [RA, Dec]",
+        f"R2) [{ra},{dec}]    # "
+        + ("stand-in sky coordinate (frames without a WCS: WCSFAKE), not real" if standin
+           else "sky coordinate of the target [RA, Dec]"),
         f"R3) {z}" + ("" if redshift is None else "    # redshift of the target"),
     ])
     atlas = "\n".join([

@@ -19,7 +19,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ._bits import MASK_BITS
 from ._checks import check_choice
-from .wcs import WCS_TOL, cut_wcs_header, pixel_scale, strip_wcs, wcs_deviation
+from .wcs import STANDIN_CRVAL, WCS_TOL, StandInWCSWarning, cut_wcs_header, pixel_scale, strip_wcs, wcs_deviation
 
 __all__ = ["Image", "HeaderWarning", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
 
@@ -254,7 +254,9 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     """Write a cutout in the layout GalfitS reads.
 
     HDU 0 ``SCI`` (float32 image; header = ``header`` minus its old WCS plus a
-    TAN WCS with CRVAL at the target and CRPIX its 1-based pixel), HDU 1
+    TAN WCS with CRVAL at the target and CRPIX its 1-based pixel; a cut
+    without a WCS gets a stand-in one, ``WCSFAKE = T`` and ``WCSDEV = -1``,
+    with a :class:`gsprep.wcs.StandInWCSWarning`), HDU 1
     ``MASK`` (uint8, 1 = masked), HDU 2 ``SIGMA`` (float32) and, when ``mask``
     carries bits, HDU 3 ``MASKBITS``.
 
@@ -311,10 +313,15 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     from . import __version__
 
     hdr = strip_wcs(header)
-    wcs_hdr, _ = cut_wcs_header(cutout)
+    wcs_hdr, dev = cut_wcs_header(cutout)
     hdr.update(wcs_hdr)
-    # the WCS astropy (and GalfitS) will read from the file alone, against the parent's
-    dev = wcs_deviation(_quiet_wcs(hdr), cutout)
+    if cutout.wcs is None:
+        warnings.warn("write_cutout: the frame has no WCS; the cutout file carries a stand-in TAN WCS (WCSFAKE = T, "
+                      f"the target at RA, Dec = {STANDIN_CRVAL}): its sky positions are not real",
+                      StandInWCSWarning, stacklevel=2)
+    else:
+        # the WCS astropy (and GalfitS) will read from the file alone, against the parent's
+        dev = wcs_deviation(_quiet_wcs(hdr), cutout)
     if dev > 5 * WCS_TOL:
         warnings.warn(f"write_cutout: the cutout's WCS differs from the parent's by up to {dev:.3f} px "
                       "(WCSDEV); sky positions read from the file are off by that much", stacklevel=2)
@@ -324,7 +331,8 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     hdr["PIXSCALE"] = (float(cutout.pixel_scale), "pixel scale (arcsec/pixel)")
     hdr["ORIGX"] = (int(cutout.origin[0]), "0-based parent x of cutout pixel 0")
     hdr["ORIGY"] = (int(cutout.origin[1]), "0-based parent y of cutout pixel 0")
-    hdr["WCSDEV"] = (float(dev), "max |file WCS - parent WCS| over the cut (pix)")
+    hdr["WCSDEV"] = (float(dev), "max |file WCS - parent WCS| over the cut (pix)" if dev >= 0
+                     else "no parent WCS (stand-in, WCSFAKE)")
     hdr["NOFFFRM"] = (int(np.count_nonzero(cutout.off_frame)), "pixels off the parent frame")
     for key, value in (provenance or {}).items():
         hdr[key.upper()] = value

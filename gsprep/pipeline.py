@@ -24,6 +24,7 @@ from .io import Image, atomic_write, read_image, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_image
 from .sky import SkyFit, fit_sky, sky_mask
+from .wcs import STANDIN_CRVAL, StandInWCSWarning
 from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
 
 __all__ = ["BandSpec", "PrepareConfig", "BandProducts", "TargetRun", "load_config", "read_bands", "prepare_band",
@@ -38,7 +39,9 @@ class BandSpec:
     the AB magnitude zero point (default: from the header, see
     :func:`gsprep.galfits.header_zeropoint`); ``filter`` GalfitS's name of
     the band (``Ia2``; default: from the band key or the header, see
-    :func:`gsprep.galfits.galfits_filter`).
+    :func:`gsprep.galfits.galfits_filter`); ``pixel_scale`` (arcsec/pixel)
+    is required for a frame without a WCS and overrides the WCS's scale in
+    the half-size rule otherwise.
     """
 
     file: str
@@ -49,15 +52,20 @@ class BandSpec:
     exptime: float | None = None
     gain: float | None = None
     filter: str | None = None
+    pixel_scale: float | None = None
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Everything ``prepare_target`` needs besides the images (see docs/guide.md for the TOML)."""
+    """Everything ``prepare_target`` needs besides the images (see docs/guide.md for the TOML).
+
+    The target is ``ra, dec`` (ICRS degrees) or, with ``ra = dec = None``,
+    ``x, y`` (0-based frame pixels, for frames without a WCS).
+    """
 
     name: str
-    ra: float
-    dec: float
+    ra: float | None
+    dec: float | None
     r: float
     bands: dict
     sky_order: int = 3
@@ -76,6 +84,8 @@ class PrepareConfig:
     lyric_psf: str = "native"
     redshift: float | None = None
     criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
+    x: float | None = None
+    y: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,9 @@ class BandProducts:
     error: str | None = None
 
 
-_TARGET_KEYS = {"name", "ra", "dec", "r", "redshift"}
-_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "r", "bands", "criteria", "redshift"}
+_TARGET_KEYS = {"name", "ra", "dec", "x", "y", "r", "redshift"}
+_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "x", "y", "r", "bands", "criteria",
+                                                         "redshift"}
 _BAND_KEYS = {f.name for f in fields(BandSpec)}
 _CRITERIA_KEYS = {f.name for f in fields(StarCriteria)}
 
@@ -130,16 +141,19 @@ def load_config(path, *, batch=False):
     target = raw.get("target")
     if batch:
         target = dict(target or {})
-        if {"name", "ra", "dec"} & set(target):
-            msg = ("config: a batch config takes name, ra and dec from the targets table; "
-                   "[target] may hold only r (default half-size, arcsec)")
+        if {"name", "ra", "dec", "x", "y"} & set(target):
+            msg = ("config: a batch config takes name, ra and dec from the targets table (or name, x and y, in "
+                   "pixels); [target] may hold only r (default half-size, arcsec)")
             raise ValueError(msg)
         _unknown("target", target, {"r"})
         target = {"name": "", "ra": np.nan, "dec": np.nan, "r": target.get("r", np.nan)}
-    elif not target or not {"ra", "dec", "r"} <= set(target):
-        msg = "config: [target] needs ra, dec (ICRS degrees) and r (half-size, arcsec)"
-        raise ValueError(msg)
-    _unknown("target", target, _TARGET_KEYS)
+    else:
+        if not isinstance(target, dict) or not target:
+            msg = ("config: [target] needs ra, dec (ICRS degrees) or x, y (0-based pixels, for frames without "
+                   "a WCS) and r (half-size, arcsec)")
+            raise ValueError(msg)
+        _unknown("target", target, _TARGET_KEYS)
+        _target_keys(target)
     options = raw.get("options", {})
     _unknown("options", options, _OPTION_KEYS)
     crit = raw.get("criteria", {})
@@ -174,11 +188,35 @@ def load_config(path, *, batch=False):
         ra = dec = float("nan")
     else:
         r = _in_section("target", lambda: check_positive("r", target["r"]))
+    x = y = None
+    if not batch and "x" in target:
+        ra = dec = None
+        x = _in_section("target", lambda: check_number("x", target["x"]))
+        y = _in_section("target", lambda: check_number("y", target["y"]))
+    elif not batch:
         ra, dec = _in_section("target", lambda: check_ra_dec(target["ra"], target["dec"]))
     z = target.get("redshift")
     z = None if z is None else _in_section("target", lambda: check_nonnegative("redshift", z))
     return PrepareConfig(name=str(target.get("name", "target")), ra=ra, dec=dec, r=r, bands=bands,
-                         criteria=criteria, redshift=z, **options)
+                         criteria=criteria, redshift=z, x=x, y=y, **options)
+
+
+def _target_keys(target):
+    """``[target]`` holds r and exactly one of the pairs ``ra, dec`` and ``x, y``."""
+    keys = set(target)
+    sky, pix = keys & {"ra", "dec"}, keys & {"x", "y"}
+    if sky and pix:
+        msg = ("config: [target] takes ra, dec (ICRS degrees) or x, y (0-based pixels, for frames without a "
+               f"WCS), not both; it has {sorted(sky | pix)}")
+        raise ValueError(msg)
+    if sky != {"ra", "dec"} and pix != {"x", "y"}:
+        have = sorted(sky | pix)
+        msg = ("config: [target] needs ra and dec (ICRS degrees) or x and y (0-based pixels, for frames without "
+               "a WCS)" + (f"; it has only {have}" if have else ""))
+        raise ValueError(msg)
+    if "r" not in keys:
+        msg = "config: [target] needs r (half-size, arcsec)"
+        raise ValueError(msg)
 
 
 def _in_section(section, make):
@@ -231,6 +269,7 @@ def _checked_band(spec):
     return dataclasses.replace(spec, fwhm=float(spec.fwhm),
                                exptime=check_positive("exptime", spec.exptime, allow_none=True),
                                gain=check_positive("gain", spec.gain, allow_none=True),
+                               pixel_scale=check_positive("pixel_scale", spec.pixel_scale, allow_none=True),
                                zeropoint=check_number("zeropoint", spec.zeropoint, allow_none=True))
 
 
@@ -260,14 +299,48 @@ def _band_inputs(image, spec, band):
     return exptime, gain
 
 
+def _pixel_target(ra, dec, config):
+    """``(x, y)`` when the target is in pixels (``ra = dec = None``: taken from ``config``), else None."""
+    if ra is not None or dec is not None:
+        return None
+    if config.x is None or config.y is None:
+        msg = "no target: give ra, dec (ICRS degrees) or set x, y (0-based pixels) in the config's [target]"
+        raise ValueError(msg)
+    return config.x, config.y
+
+
+def _cut_target(image, spec, band, ra, dec, pixel, use_wcs=True, config=None):
+    """The target and scale ``cutout`` takes for one band (checked before any work on it)."""
+    if (image.wcs is None and config is not None and config.psf
+            and getattr(config.criteria, "starcord_list", None) is not None):
+        msg = (f"band {band}: its frame has no WCS, so the PSF stars cannot be matched to [criteria] "
+               "starcord_list (sky positions); remove starcord_list or give a frame with a WCS")
+        raise ValueError(msg)
+    if pixel is None:
+        if image.wcs is None:
+            msg = (f"band {band}: its frame has no WCS, so the target cannot be placed by ra, dec; give x, y "
+                   f"(0-based pixels) in [target] and pixel_scale (arcsec/pixel) in [bands.{band}] of the config")
+            raise ValueError(msg)
+        return {"wcs": image.wcs, "ra": ra, "dec": dec, "pixel_scale": spec.pixel_scale}
+    wcs = image.wcs if use_wcs else None
+    scale = spec.pixel_scale
+    if scale is None and wcs is None:
+        scale = image.pixel_scale
+    if wcs is None and scale is None:
+        msg = (f"band {band}: its frame has no WCS, so the half-size r (arcsec) needs a pixel scale; give "
+               f"pixel_scale = ARCSEC_PER_PIXEL in [bands.{band}] of the config")
+        raise ValueError(msg)
+    return {"wcs": wcs, "x": pixel[0], "y": pixel[1], "pixel_scale": scale}
+
+
 def _band_sky_mask(image, config, spec):
     return sky_mask(image.data, fwhm=spec.fwhm, nsigma=config.sky_nsigma, max_grow=config.max_grow)
 
 
-def _band_after_sky(image, ra, dec, config, spec, sky, exptime, gain, band):
-    """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet)."""
+def _band_after_sky(image, target, config, spec, sky, exptime, gain, band):
+    """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``."""
     clean = image.data - sky.background
-    cut = cutout(clean, image.wcs, ra, dec, config.r)
+    cut = cutout(clean, r=config.r, **target)
     # sky_rms is the measured background noise (the sky's own Poisson noise included), so the sky is
     # not added to the source term again
     sig_full = sigma_image(clean, exptime=exptime, gain=gain, sky=0.0, sky_rms=sky.rms, unit=spec.unit)
@@ -294,11 +367,14 @@ def prepare_band(image, ra, dec, config, spec, *, band="band"):
     """Run every stage on one band and return its products (pure: nothing is written).
 
     Sky (source mask + polynomial), cutout of the sky-subtracted frame, sigma
-    image, mask, PSF stars (find, select, stamps) and the PSF.
+    image, mask, PSF stars (find, select, stamps) and the PSF.  With
+    ``ra = dec = None`` the target is ``config.x, config.y`` (0-based
+    pixels; a frame without a WCS needs ``spec.pixel_scale``).
     """
     exptime, gain = _band_inputs(image, spec, band)
+    target = _cut_target(image, spec, band, ra, dec, _pixel_target(ra, dec, config), config=config)
     sky = fit_sky(image.data, _band_sky_mask(image, config, spec), order=config.sky_order)
-    p = _band_after_sky(image, ra, dec, config, spec, sky, exptime, gain, band)
+    p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band)
     if p.stamps is None:
         return p
     return dataclasses.replace(p, psf=fit_epsf(p.stamps, oversampling=config.oversampling))
@@ -367,8 +443,11 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     Parameters
     ----------
     images : dict of str -> Image
-    ra, dec : float
-        ICRS degrees.
+    ra, dec : float or None
+        ICRS degrees; ``None, None``: the target is ``config.x, config.y``
+        (0-based pixels).  Then frames without a WCS need their band's
+        ``pixel_scale``, and when any frame has no WCS every band is cut by
+        pixels and written with a stand-in WCS (a warning says so).
     config : PrepareConfig
     progress : callable, optional
         Called with a short message before each stage.
@@ -396,18 +475,27 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     if stack_bands not in ("auto", True, False):
         msg = f"stack_bands must be 'auto', True or False, got {stack_bands!r}"
         raise ValueError(msg)
+    pixel = _pixel_target(ra, dec, config)
+    no_wcs = [b for b, im in images.items() if isinstance(im, Image) and im.wcs is None]
+    use_wcs = not no_wcs
+    if pixel is not None and no_wcs and len(no_wcs) < len(images):
+        warnings.warn(f"band(s) {', '.join(no_wcs)} have no WCS: every band is cut by pixels (x, y) and written "
+                      "with a stand-in WCS, so that the .lyric's one sky position fits them all", stacklevel=2)
     if stack_bands is False:
         for band, image in images.items():
             say(f"{band}: sky, cutout, sigma, mask, stars, PSF")
             try:
+                if not use_wcs and image.wcs is not None:  # mixed frames: cut by pixels, as the others
+                    image = dataclasses.replace(image, wcs=None)
                 out[band] = prepare_band(image, ra, dec, config, config.bands[band], band=band)
             except errors as exc:
                 out[band] = BandProducts(band=band, error=str(exc))
         return out
-    inputs, keep_out = {}, {}
+    inputs, keep_out, targets = {}, {}, {}
     for band, image in images.items():
         try:
             inputs[band] = _band_inputs(image, config.bands[band], band)
+            targets[band] = _cut_target(image, config.bands[band], band, ra, dec, pixel, use_wcs, config)
             keep_out[band] = _band_sky_mask(image, config, config.bands[band])
         except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
@@ -427,7 +515,7 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
             continue
         say(f"{band}: cutout, sigma, mask, stars")
         try:
-            partial[band] = _band_after_sky(images[band], ra, dec, config, config.bands[band], skies[band],
+            partial[band] = _band_after_sky(images[band], targets[band], config, config.bands[band], skies[band],
                                             *inputs[band], band)
         except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
@@ -508,11 +596,13 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
         files = []
         spec = config.bands[band]
         cut_file = os.path.join(out_dir, f"{config.name}_{band}.fits")
-        write_cutout(cut_file, p.cutout, p.mask, p.sigma, header=images[band].header, overwrite=overwrite,
-                     provenance={"SKYORD": (p.sky.order, "sky polynomial order"),
-                                 "SIGFORM": ("sqrt(|d+s|/(g t)+rms^2)", "sigma image formula"),
-                                 "MASKNSIG": (config.mask_nsigma, "mask detection threshold"),
-                                 "BAND": band})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StandInWCSWarning)  # said once for every band, below
+            write_cutout(cut_file, p.cutout, p.mask, p.sigma, header=images[band].header, overwrite=overwrite,
+                         provenance={"SKYORD": (p.sky.order, "sky polynomial order"),
+                                     "SIGFORM": ("sqrt(|d+s|/(g t)+rms^2)", "sigma image formula"),
+                                     "MASKNSIG": (config.mask_nsigma, "mask detection threshold"),
+                                     "BAND": band})
         files.append(cut_file)
         psf_file = os.path.join(out_dir, f"{config.name}_{band}_psf.fits")
         psf_ref = None
@@ -550,11 +640,24 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
 
         path = os.path.join(out_dir, f"{config.name}_psfs.png")
         fig_psfs({b: p.psf for b, p in products.items() if not p.error and p.psf is not None}, save=path)
+    done = {b: p for b, p in products.items() if not p.error}
+    standin = [b for b, p in done.items() if p.cutout.wcs is None]
+    if standin:
+        warnings.warn(f"band(s) {', '.join(standin)}: no WCS; the cutout files carry a stand-in TAN WCS (WCSFAKE = T) "
+                      f"with the target at RA, Dec = {STANDIN_CRVAL} (the .lyric's R2): sky positions are not real",
+                      StandInWCSWarning, stacklevel=2)
     if blocks:
         lyric = os.path.join(out_dir, f"{config.name}_images.lyric")
-        scales = {round(float(products[b].cutout.pixel_scale), 6) for b in products if not products[b].error}
-        text = lyric_text(config.name, config.ra, config.dec, blocks, redshift=config.redshift,
-                          same_pixels=len(scales) == 1)
+        scales = {round(float(p.cutout.pixel_scale), 6) for p in done.values()}
+        if standin:
+            ra, dec = STANDIN_CRVAL
+        elif config.ra is not None:
+            ra, dec = config.ra, config.dec
+        else:  # target in pixels, every frame with a WCS: its sky position from the first band's WCS
+            first = next(iter(done.values())).cutout
+            ra, dec = first.ra, first.dec
+        text = lyric_text(config.name, ra, dec, blocks, redshift=config.redshift, same_pixels=len(scales) == 1,
+                          standin=bool(standin))
         with atomic_write(lyric, overwrite=overwrite) as tmp, open(tmp, "w") as f:
             f.write(text)
     return written

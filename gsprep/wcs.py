@@ -9,6 +9,11 @@ the parent (DSS plate solutions, IRAF ``WAT``/``LTV``, SIP, ``PV``/TPV,
 distortion lookup tables, alternate WCSs ``CTYPE1A``...) is removed from the
 header, so the file's WCS, read by astropy from the file alone, is the one
 gsprep fitted.
+
+A cut from a frame without a WCS (target given in pixels) gets a stand-in
+linear TAN WCS (:func:`standin_wcs`): GalfitS needs a WCS and the target's
+sky position (``R2)``), so the target is placed at :data:`STANDIN_CRVAL`
+with the pixel scale given; the file says so with ``WCSFAKE = T``.
 """
 
 from __future__ import annotations
@@ -21,10 +26,38 @@ from astropy.io import fits
 from astropy.wcs import WCS, Sip
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-__all__ = ["WCS_TOL", "cut_wcs_header", "pixel_scale", "strip_wcs", "wcs_deviation"]
+__all__ = ["STANDIN_CRVAL", "WCS_TOL", "StandInWCSWarning", "cut_wcs_header", "pixel_scale", "standin_wcs",
+           "strip_wcs", "wcs_deviation"]
 
 #: worst sky-position difference (pixels) a written cutout WCS may have against the parent's
 WCS_TOL = 0.01
+
+#: (RA, Dec) degrees given to the target of a cut whose frame has no WCS: on the equator, where a TAN
+#: projection's RA and Dec offsets are the plain pixel offsets times the scale, and away from RA = 0/360,
+#: so no position wraps round
+STANDIN_CRVAL = (180.0, 0.0)
+
+
+class StandInWCSWarning(UserWarning):
+    """A cutout file carries a stand-in WCS: its sky positions are not real."""
+
+
+def standin_wcs(center, scale):
+    """The stand-in WCS of a cut without a parent WCS.
+
+    A linear TAN projection with CRVAL = :data:`STANDIN_CRVAL` at the target
+    (CRPIX = ``center`` + 1, the 1-based pixel), North up and East left
+    (CDELT = ``(-scale, scale) / 3600`` degrees, ``scale`` in arcsec/pixel).
+    Sky positions read from it are offsets from the target, not real ones.
+    """
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(STANDIN_CRVAL)
+    w.wcs.crpix = [float(center[0]) + 1.0, float(center[1]) + 1.0]
+    w.wcs.cdelt = [-float(scale) / 3600.0, float(scale) / 3600.0]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    return w
 
 # every keyword that describes a WCS, in any convention (an optional alternate-WCS letter after it)
 _WCS_KEY = re.compile(
@@ -110,7 +143,14 @@ def cut_wcs_header(c, *, tol=WCS_TOL, max_degree=5):
     Returns ``(header, max_deviation_pixels)``: the deviation is measured
     with the WCS astropy reads back from the returned header alone, on a
     grid other than the one fitted.
+
+    A cut without a WCS (``c.wcs`` None) gets :func:`standin_wcs` about its
+    centre, with ``WCSFAKE = T`` in the header, and a deviation of -1.
     """
+    if c.wcs is None:
+        hdr = standin_wcs(c.center, c.pixel_scale).to_header()
+        hdr["WCSFAKE"] = (True, "no parent WCS: stand-in TAN, sky positions not real")
+        return hdr, -1.0
     size = c.data.shape[-1]
     gx, gy = _grid(size, min(size, 31))
     world = c.wcs.pixel_to_world(gx, gy).icrs

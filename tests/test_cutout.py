@@ -126,6 +126,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="wcs has no celestial axes"):
         gsprep.cutout(img, WCS(naxis=2), ra, dec, 5.0)
     with pytest.raises(TypeError, match="wcs must be an astropy.wcs.WCS"):
+        gsprep.cutout(img, "header", ra, dec, 5.0)
+    with pytest.raises(ValueError, match="wcs is None: .* x=, y="):  # no WCS: the target in pixels
         gsprep.cutout(img, None, ra, dec, 5.0)
     with pytest.raises(ValueError, match=r"target \(ra=.*outside the frame"):
         gsprep.cutout(img, w, ra + 1.0, dec, 5.0)
