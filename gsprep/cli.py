@@ -58,6 +58,7 @@ def _check_psf_args(args):
     check_number("--isolate", args.isolate, lower=0.0)
     check_integer("--sky-order", args.sky_order, lower=0, upper=12)
     check_positive("--match-radius", args.match_radius, allow_none=True)
+    check_positive("--saturation", args.saturation, allow_none=True)
     check_positive("--exptime", args.exptime, allow_none=True)
     check_positive("--gain", args.gain, allow_none=True)
     if args.stars and args.gaia:
@@ -108,7 +109,7 @@ def cmd_psf(args):
     sigma = sigma_image(clean, exptime=exptime, gain=args.gain or img.gain or 1.0, sky=0.0, sky_rms=sky.rms,
                         unit=args.unit)
     cat, seg = find_stars(clean, fwhm=args.fwhm, nsigma=args.nsigma, npixels=args.npixels, wcs=img.wcs,
-                          size=args.size, return_segmentation=True)
+                          size=args.size, return_segmentation=True, header=img.header, background=sky.background)
     reference = None
     if args.stars:
         reference = Table.read(args.stars)
@@ -120,7 +121,7 @@ def cmd_psf(args):
         radius = 0.75 * np.hypot(nx, ny) * img.pixel_scale
         reference = gaia_stars(c.ra.deg, c.dec.deg, radius)
     crit = StarCriteria(size=args.size, q_min=args.q_min, isolate=args.isolate,
-                        gaia_radius=args.match_radius)
+                        gaia_radius=args.match_radius, saturation=args.saturation)
     sel = select_stars(cat, crit, reference=reference)
     _say(args, "stars: " + ", ".join(f"{k} {v}" for k, v in sel.meta["funnel"].items()))
     stamps = extract_stamps(clean, sigma, sel, args.size, segmentation=seg)
@@ -273,6 +274,10 @@ def build_parser():
                     help="minimum connected pixels of a star, pixels (default: %(default)s)")
     ps.add_argument("--q-min", type=float, default=0.8,
                     help="minimum axis ratio b/a of a PSF star, 0-1 (default: %(default)s)")
+    ps.add_argument("--saturation", type=float, default=None,
+                    help="saturation (or linearity) level in the frame's units before sky subtraction; stars whose "
+                         "core reaches it are rejected (default: SATURATE/SATLEVEL/MAXLIN... from the header; "
+                         "flat-topped stars are rejected either way)")
     ps.add_argument("--isolate", type=float, default=0.1,
                     help="largest fraction of a stamp's source flux from other sources, 0-1 (default: %(default)s)")
     ps.add_argument("--sky-order", type=int, default=2,

@@ -40,6 +40,8 @@ __all__ = [
     "Stamps",
     "extract_stamps",
     "GAIA_COLUMNS",
+    "saturation_level",
+    "SaturationWarning",
 ]
 
 GAIA_COLUMNS = ("source_id", "ra", "dec", "pmra", "pmdec", "ref_epoch", "phot_g_mean_mag")
@@ -58,7 +60,7 @@ def _check_size(name, size, shape=None):
 
 
 def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask=None, size=81,
-               saturation=None, deblend=False, return_segmentation=False):
+               saturation=None, deblend=False, return_segmentation=False, header=None, background=None):
     """Detect candidate PSF stars and measure what selection needs.
 
     Parameters
@@ -78,11 +80,21 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
     size : int
         Odd stamp size, pixels: the box for ``isolation`` and ``in_frame``.
     saturation : float, optional
-        Pixels at or above it count in ``central_bad``.
+        Saturation (or linearity) level in the frame's units before sky
+        subtraction (``data + background``).  Pixels at or above it count in
+        ``central_bad``; :func:`select_stars` rejects stars whose ``peak_raw``
+        reaches it (unless ``StarCriteria.saturation`` overrides it).
+        Default: the level the ``header`` states (:func:`saturation_level`).
     deblend : bool
         Deblend blended sources before measuring.
     return_segmentation : bool
         Also return the :class:`gsprep.Segmentation` (for :func:`extract_stamps`).
+    header : astropy.io.fits.Header, optional
+        The frame's header, read for a saturation level (``SATURATE``,
+        ``SATLEVEL``, ``MAXLIN``, ...) when ``saturation`` is not given.
+    background : float or array, optional
+        The sky already subtracted from ``data`` (so ``data + background`` is
+        the frame as read, which the saturation level refers to).
 
     Returns
     -------
@@ -93,8 +105,17 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
         ``isolation`` (fraction of the source-flux in the ``size`` box that
         belongs to other sources), ``central_bad`` (masked, non-finite or
         saturated pixels within ``0.25 * size`` of the centre), ``in_frame``
-        (the ``size`` box fits inside the frame).  ``meta`` holds ``fwhm``,
-        ``size``, ``pixel_scale`` (arcsec, with a WCS).
+        (the ``size`` box fits inside the frame), and for the single /
+        unsaturated tests: ``asymmetry`` (fraction of the light within
+        3 x FWHM + 2 px that is not point-symmetric about the star's peak),
+        ``companion`` (the highest significant peak of the smoothed
+        star-minus-rotated-star residual beyond FWHM / 2, relative to the
+        star's own smoothed peak), ``peak_raw`` (the core's highest pixel in
+        the frame's units before sky subtraction), ``flat_top`` (number of core
+        pixels within 2% of the core's maximum; NaN-free, 0 when unmeasured)
+        and ``peak_snr``.  ``meta`` holds ``fwhm``, ``size``, ``pixel_scale``
+        (arcsec, with a WCS) and ``saturation`` / ``saturation_source`` when a
+        level is known.
     """
     arr = as_image("data", data)
     size = _check_size("size", size, arr.shape)
@@ -107,9 +128,28 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
     resid = np.where(np.isfinite(arr), arr - seg.background, 0.0)
     pos = np.clip(resid, 0, None) * (labels > 0)
     badpix = bad | ~np.isfinite(arr)
+    sat_source = "find_stars(saturation=...)"
+    if saturation is None:
+        found = saturation_level(header)
+        if found is not None:
+            saturation, key = found
+            sat_source = f"header {key}"
+    else:
+        saturation = check_positive("saturation", saturation)
+    raw = arr if background is None else arr + np.broadcast_to(np.asarray(background, dtype=float), arr.shape)
+    if sigma is not None:
+        sig2 = np.asarray(sigma, dtype=float) ** 2
+        if sig2.shape != arr.shape:
+            msg = f"sigma has shape {sig2.shape} but data has shape {arr.shape}"
+            raise ValueError(msg)
+        sig2 = np.where(np.isfinite(sig2), sig2, 0.0)
+    else:
+        sig2 = np.full(arr.shape, float(seg.rms) ** 2)
+    good = np.isfinite(arr) & ~bad
+    quality = []
     if saturation is not None:
         with np.errstate(invalid="ignore"):
-            badpix |= arr >= float(saturation)
+            badpix |= raw >= float(saturation)
     h = size // 2
     rc = 0.25 * size
     iso, cbad, inframe = [], [], []
@@ -130,6 +170,7 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
         f, qq = _windowed_shape(resid, x, y, fwhm, np.isfinite(arr) & ~bad)
         wfwhm.append(f)
         wq.append(qq)
+        quality.append(_star_quality(resid, raw, sig2, labels, lab, good, x, y, fwhm))
     t = Table()
     t["id"] = np.asarray(src["label"], dtype=int)
     t["x"], t["y"] = src["x"], src["y"]
@@ -142,7 +183,16 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
     t["isolation"] = np.asarray(iso, dtype=float)
     t["central_bad"] = np.asarray(cbad, dtype=int)
     t["in_frame"] = np.asarray(inframe, dtype=bool)
+    qual = np.asarray(quality, dtype=float).reshape(-1, 5)
+    t["asymmetry"] = qual[:, 0]
+    t["companion"] = qual[:, 1]
+    t["peak_snr"] = qual[:, 2]
+    t["flat_top"] = qual[:, 3].astype(int)
+    t["peak_raw"] = qual[:, 4]
     t.meta["fwhm"] = float(fwhm)
+    if saturation is not None:
+        t.meta["saturation"] = float(saturation)
+        t.meta["saturation_source"] = sat_source
     t.meta["size"] = size
     if wcs is not None:
         t.meta["pixel_scale"] = pixel_scale(wcs)
@@ -189,6 +239,190 @@ def _windowed_shape(resid, x, y, fwhm_guess, good, niter=3):
 
 
 FWHM_TO_SIGMA_ = 1.0 / 2.3548200450309493
+
+
+# --------------------------------------------------------------------------
+# single, unsaturated stars: blend and flat-top measurements
+
+SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL", "SATURATN", "SATURATION", "SATUR", "SATLIM", "MAXLIN", "LINLIMIT")
+
+
+def saturation_level(header):
+    """The saturation (or linearity) level a FITS header states, in its data units, or None.
+
+    Looks for ``SATURATE``, ``SATLEVEL``, ``SATURATN``, ``SATURATION``,
+    ``SATUR``, ``SATLIM``, ``MAXLIN`` and ``LINLIMIT``; where several are
+    present the lowest wins (a star is non-linear before it saturates).
+    ``DATAMAX`` is not used: by the FITS standard it is the largest value in
+    the array, not a detector limit.
+
+    Returns
+    -------
+    (float, str) or None
+        The level and the keyword it came from.
+    """
+    if header is None:
+        return None
+    found = []
+    for key in SATURATION_KEYWORDS:
+        if key in header:
+            try:
+                v = float(header[key])
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(v) and v > 0:
+                found.append((v, key))
+    return min(found) if found else None
+
+
+# chosen on simulated pairs and single stars (see docs/guide.md, "Single, unsaturated stars"); the
+# blend thresholds themselves are StarCriteria.asymmetry_max (0.06) and companion_max (0.05)
+BLEND_PEAK_NSIGMA = 5.0     # a companion peak counts when this significant in the smoothed residual
+FLAT_TOLERANCE = 0.02       # a flat top: pixels within 2% of the core's maximum ...
+FLAT_NPIX = 6               # ... at least this many of them (an unsaturated star has at most 4)
+FLAT_MIN_SNR = 50.0         # ... tested only where the peak is this many sigmas above the noise
+
+
+def _gauss_kernel(s):
+    r = int(np.ceil(3 * s))
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / s) ** 2)
+    return g / g.sum()
+
+
+def _symmetric_centre(d, ok, cx, cy, ra, step=0.1, niter=2):
+    """The centre about which ``d`` is most point-symmetric (least squares), near ``(cx, cy)``.
+
+    Two rounds of a paraboloid fitted to the symmetric residual on a 3 x 3
+    grid of trial centres ``step`` apart; each round moves at most
+    1.5 ``step``, so a companion cannot drag the centre off the star.  This
+    removes the windowed centroid's pixelisation bias (a few 0.01 px), which
+    would otherwise read as asymmetry in sharp stars.
+    """
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(ok)
+    sel = (xs - cx) ** 2 + (ys - cy) ** 2 <= ra**2
+    xs, ys, dv = xs[sel].astype(float), ys[sel].astype(float), d[ys[sel], xs[sel]]
+    okf = ok.astype(float)
+    design = np.array([[1, i, j, i * i, j * j, i * j] for j in (-1, 0, 1) for i in (-1, 0, 1)], float)
+
+    def sse(px, py):
+        coords = [2 * py - ys, 2 * px - xs]
+        rot = ndimage.map_coordinates(d, coords, order=3, mode="constant", cval=0.0)
+        rok = ndimage.map_coordinates(okf, coords, order=1, mode="constant", cval=0.0) > 0.999
+        return float(((dv - rot)[rok] ** 2).sum())
+
+    if xs.size < 9:
+        return cx, cy
+    for _ in range(niter):
+        g = [sse(cx + i * step, cy + j * step) for j in (-1, 0, 1) for i in (-1, 0, 1)]
+        p = np.linalg.lstsq(design, np.asarray(g), rcond=None)[0]
+        hess = np.array([[2 * p[3], p[5]], [p[5], 2 * p[4]]])
+        try:
+            dd = np.linalg.solve(hess, -p[1:3]) if np.all(np.linalg.eigvalsh(hess) > 0) else None
+        except np.linalg.LinAlgError:
+            dd = None
+        if dd is None or not np.all(np.isfinite(dd)):
+            j = int(np.argmin(g))
+            dd = np.array([j % 3 - 1, j // 3 - 1], float)
+        dd = np.clip(dd, -1.5, 1.5)
+        cx, cy = cx + dd[0] * step, cy + dd[1] * step
+    return cx, cy
+
+
+def _star_quality(resid, raw, sig2, labels, lab, good, x, y, fwhm):
+    """Blend and flat-top measurements of one star: ``(asymmetry, companion, peak_snr, flat_top, peak_raw)``.
+
+    ``resid``: background-subtracted frame; ``raw``: the frame in the units
+    the saturation level is in; ``sig2``: per-pixel noise variance;
+    ``labels, lab``: the segmentation and this star's label (other sources'
+    segments are left out: they are the isolation test's); ``good``: usable
+    pixels.  The star is centred on its brightest smoothed pixel (not the
+    segment's centroid, which a companion drags between the two), refined by a
+    PSF-sized windowed centroid and then to the point of least asymmetry.
+    """
+    from scipy import ndimage
+
+    nan = np.nan
+    ny, nx = resid.shape
+    s = max(fwhm, 1.0) * FWHM_TO_SIGMA_
+    ra = 3.0 * fwhm + 2.0
+    r = int(np.ceil(2 * ra + 3 * s + 2))
+    ix, iy = int(round(x)), int(round(y))
+    x0, x1, y0, y1 = max(ix - r, 0), min(ix + r + 1, nx), max(iy - r, 0), min(iy + r + 1, ny)
+    lb = labels[y0:y1, x0:x1]
+    ok = good[y0:y1, x0:x1] & ((lb == lab) | (lb == 0))
+    d = np.where(ok, resid[y0:y1, x0:x1], 0.0)
+    v = np.where(ok, sig2[y0:y1, x0:x1], 0.0)
+    k = _gauss_kernel(s)
+
+    def smooth(a, kern=k):
+        return ndimage.convolve1d(ndimage.convolve1d(a, kern, axis=0, mode="constant"), kern, axis=1,
+                                  mode="constant")
+
+    sm = smooth(d)
+    yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(float)
+    near = ok & ((xx + x0 - x) ** 2 + (yy + y0 - y) ** 2 <= (1.5 * fwhm + 1) ** 2)
+    if not near.any():
+        return nan, nan, nan, 0, nan
+    # start on the brightest lightly smoothed pixel: PSF-sized smoothing would merge an equal pair
+    j = int(np.argmax(np.where(near, smooth(d, _gauss_kernel(0.5 * s)), -np.inf)))
+    cy, cx = yy.flat[j], xx.flat[j]
+    for _ in range(3):
+        w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s**2)) * np.clip(d, 0, None)
+        tot = w.sum()
+        if not tot > 0:
+            break
+        cx, cy = (w * xx).sum() / tot, (w * yy).sum() / tot
+    cx, cy = _symmetric_centre(d, ok, cx, cy, ra)
+    # 180-degree rotation about (cx, cy): value at 2c - p, cubic interpolation
+    coords = [2 * cy - yy, 2 * cx - xx]
+    rot = ndimage.map_coordinates(d, coords, order=3, mode="constant", cval=0.0)
+    rok = ndimage.map_coordinates(ok.astype(float), coords, order=1, mode="constant", cval=0.0) > 0.999
+    rv = ndimage.map_coordinates(v, coords, order=1, mode="constant", cval=0.0)
+    rr2 = (xx - cx) ** 2 + (yy - cy) ** 2
+    ap = ok & rok & (rr2 <= ra**2)
+    diff = np.where(ap, d - rot, 0.0)
+    dvar = np.where(ap, v + rv, 0.0)
+    flux = np.clip(d[ap], 0, None).sum()
+    if not flux > 0:
+        return nan, nan, nan, 0, nan
+    bias = np.sqrt(2.0 / np.pi) * np.sqrt(dvar[ap]).sum()  # E|N(0, var)| = sqrt(2 var / pi)
+    asym = max(np.abs(diff[ap]).sum() - bias, 0.0) / (2.0 * flux)
+    # companion: the highest significant peak of the smoothed residual beyond half a FWHM
+    dsm = smooth(diff)
+    # the star's own photon noise: with only the background's rms it is missing, so a variance
+    # a x (star + rotated star) is fitted (robustly) to the residual where the star dominates
+    tot = np.where(ap, d + rot, 0.0)
+    bright = ap & (tot > 3.0 * np.sqrt(np.maximum(dvar, 1e-300)))
+    a = 0.0
+    if np.count_nonzero(bright) >= 9:
+        d2, v0, tb = diff[bright] ** 2, dvar[bright], tot[bright]
+        if np.median(d2 / v0) > 0.455:  # chi2 with one degree of freedom has median 0.455
+            lo, hi = 0.0, float(np.max(d2 / tb))
+            for _ in range(40):
+                a = 0.5 * (lo + hi)
+                lo, hi = (a, hi) if np.median(d2 / (v0 + a * tb)) > 0.455 else (lo, a)
+    dvar = dvar + a * np.clip(tot, 0, None)
+    nsm = np.sqrt(smooth(dvar, k**2))
+    main = float(sm[int(round(cy)), int(round(cx))])
+    far = ap & (rr2 > (0.5 * fwhm) ** 2) & (nsm > 0)
+    comp = 0.0
+    if far.any() and main > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hit = far & (dsm >= BLEND_PEAK_NSIGMA * nsm)
+        if hit.any():
+            comp = max(float(dsm[hit].max()) / main, 0.0)
+    # flat top: pixels of the core within FLAT_TOLERANCE of its maximum
+    core = ok & (rr2 <= max(fwhm, 1.5) ** 2)
+    if not core.any():
+        return asym, comp, nan, 0, nan
+    top = float(np.max(d[core]))
+    vmax = float(np.max(v[core]))
+    peak_snr = top / np.sqrt(vmax) if vmax > 0 else np.inf
+    nflat = int(np.count_nonzero(d[core] >= top - FLAT_TOLERANCE * abs(top)))
+    rawc = raw[y0:y1, x0:x1][core]
+    return asym, comp, peak_snr, nflat, float(np.nanmax(rawc)) if np.isfinite(rawc).any() else nan
 
 
 # --------------------------------------------------------------------------
@@ -406,6 +640,18 @@ class StarCriteria:
     starcord_list : tuple of (ra, dec) or None
         The user's own star positions (ICRS degrees), used as the reference
         instead of Gaia.
+    saturation : float or None
+        Saturation (or linearity) level, in the frame's units before sky
+        subtraction: stars whose core reaches it are rejected ("saturated").
+        Default: the level :func:`find_stars` was given or read from the
+        header (``SATURATE``, ``SATLEVEL``, ``MAXLIN``, ...).  Whatever the
+        level, stars with a flat-topped core are rejected too.
+    asymmetry_max : float
+        Blend test: largest fraction of a star's light that is not
+        point-symmetric about its peak (single stars: <= 0.05 at SNR >= 50).
+    companion_max : float
+        Blend test: largest significant companion peak, relative to the
+        star's own peak, in the star minus its 180-degree rotation.
     """
 
     flux_threshold: float = 0.0
@@ -418,6 +664,9 @@ class StarCriteria:
     drop: tuple = field(default_factory=tuple)
     gaia_radius: float | None = None
     starcord_list: tuple | None = None
+    saturation: float | None = None
+    asymmetry_max: float = 0.06
+    companion_max: float = 0.05
 
     def __post_init__(self):
         # checked and normalised here, so a bad value fails where it is given, not later in select_stars
@@ -434,6 +683,9 @@ class StarCriteria:
         put("drop", _star_ids(self.drop))
         put("gaia_radius", check_positive("gaia_radius", self.gaia_radius, allow_none=True))
         put("starcord_list", _star_positions(self.starcord_list))
+        put("saturation", check_positive("saturation", self.saturation, allow_none=True))
+        put("asymmetry_max", check_positive("asymmetry_max", self.asymmetry_max))
+        put("companion_max", check_positive("companion_max", self.companion_max))
 
 
 def _star_ids(drop):
@@ -474,15 +726,20 @@ class NoStarsError(ValueError):
 
 
 SELECT_COLUMNS = ("id", "flux", "q", "fwhm", "isolation", "central_bad")
-STAGES = ("detected", "reference", "flux", "shape", "fwhm", "isolation", "edge", "central", "drop")
+STAGES = ("detected", "reference", "flux", "saturated", "blend", "shape", "fwhm", "isolation", "edge", "central",
+          "drop")
 
 
 def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
     """Select PSF stars in GalfitS's order, keeping the reason each one was dropped.
 
     Stages: reference match (within ``gaia_radius`` of ``reference`` or of
-    ``criteria.starcord_list``), flux, axis ratio, FWHM window, isolation,
-    stamp inside the frame, bad central pixels, manual drop.
+    ``criteria.starcord_list``), flux, saturated (core at or above the
+    saturation level, or flat-topped), blend (asymmetric light or a companion
+    peak), axis ratio, FWHM window, isolation, stamp inside the frame, bad
+    central pixels, manual drop.  The saturated and blend stages need the
+    columns of :func:`find_stars` (``peak_raw``, ``flat_top``, ``peak_snr``,
+    ``asymmetry``, ``companion``) and are skipped for a catalogue without them.
 
     Parameters
     ----------
@@ -531,6 +788,8 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
         alive[kill] = False
         funnel[name] = int(alive.sum())
 
+    stage.alive = lambda: alive
+
     ref = reference
     if crit.starcord_list is not None:
         sc = np.atleast_2d(np.asarray(crit.starcord_list, dtype=float))
@@ -552,16 +811,33 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
     flux = np.asarray(t["flux"], float)
     thr = crit.flux_threshold * np.nanmean(flux)
     stage("flux", flux > thr, lambda i: f"flux {flux[i]:.4g} <= {crit.flux_threshold:g} x mean flux")
+    # the FWHM window is measured on the stars that pass the flux and shape cuts, whether or not they are
+    # later found saturated or blended, so that those cuts do not narrow it
     q = np.asarray(t["q"], float)
-    stage("shape", q >= crit.q_min, lambda i: f"axis ratio q={q[i]:.2f} < q_min={crit.q_min:g}")
+    window = alive & (q >= crit.q_min)
     fw = np.asarray(t["fwhm"], float)
-    live = fw[alive]
+    live = fw[window & np.isfinite(fw)] if alive.any() else fw[alive]
     if live.size:
         med = float(np.median(live))
         rs = max(1.4826 * float(np.median(np.abs(live - med))), 0.02 * med)
         lo, hi = med - crit.fwhm_nsigma * rs, med + crit.fwhm_nsigma * rs
         if crit.fwhm_max is not None:
             hi = min(hi, crit.fwhm_max)
+    _saturated_stage(t, crit, stage)
+    if {"asymmetry", "companion"} <= set(t.colnames):
+        asym = np.nan_to_num(np.asarray(t["asymmetry"], float))
+        comp = np.nan_to_num(np.asarray(t["companion"], float))
+
+        def why_blend(i):
+            if asym[i] > crit.asymmetry_max:
+                return f"blend: {asym[i]:.2f} of the light is asymmetric > asymmetry_max={crit.asymmetry_max:g}"
+            return (f"blend: a companion peak {comp[i]:.2f} of the star's > companion_max="
+                    f"{crit.companion_max:g}")
+
+        stage("blend", (asym <= crit.asymmetry_max) & (comp <= crit.companion_max), why_blend)
+    q = np.asarray(t["q"], float)
+    stage("shape", q >= crit.q_min, lambda i: f"axis ratio q={q[i]:.2f} < q_min={crit.q_min:g}")
+    if live.size:
         stage("fwhm", (fw >= lo) & (fw <= hi),
               lambda i: f"FWHM {fw[i]:.2f} px outside [{lo:.2f}, {hi:.2f}]")
     else:
@@ -585,6 +861,44 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
         msg = f"no star left after selection: the '{last}' stage removed the last one ({counts})"
         raise NoStarsError(msg, t)
     return t
+
+
+def _saturated_stage(t, crit, stage):
+    """Reject stars whose core reaches the saturation level or is flat-topped (reason "saturated")."""
+    if not {"peak_raw", "flat_top", "peak_snr"} <= set(t.colnames):
+        return
+    level, source = crit.saturation, "StarCriteria.saturation"
+    if level is None and t.meta.get("saturation") is not None:
+        level, source = float(t.meta["saturation"]), t.meta.get("saturation_source", "find_stars")
+    peak = np.asarray(t["peak_raw"], float)
+    nflat = np.asarray(t["flat_top"], int)
+    snr = np.nan_to_num(np.asarray(t["peak_snr"], float))
+    flat = (nflat >= FLAT_NPIX) & (snr >= FLAT_MIN_SNR)
+    over = np.zeros(len(t), bool)
+    if level is not None:
+        with np.errstate(invalid="ignore"):
+            over = peak >= level
+
+    def why(i):
+        if over[i]:
+            return f"saturated: core peak {peak[i]:.6g} >= saturation level {level:.6g} ({source})"
+        return (f"saturated: flat-topped core ({nflat[i]} pixels within {100 * FLAT_TOLERANCE:g}% of its peak "
+                f"{peak[i]:.6g})")
+
+    n_before = int(stage.alive().sum())
+    stage("saturated", ~(over | flat), why)
+    if level is None and n_before > int(stage.alive().sum()):
+        import warnings
+
+        warnings.warn(
+            f"no saturation level is known (none given, none in the header): {n_before - int(stage.alive().sum())} "
+            "star(s) with flat-topped cores were rejected as saturated; give the level (StarCriteria(saturation=...), "
+            "[criteria] saturation, gsprep psf --saturation) to reject non-linear stars below it too",
+            SaturationWarning, stacklevel=3)
+
+
+class SaturationWarning(UserWarning):
+    """Stars were rejected as saturated by their flat tops alone: no saturation level is known."""
 
 
 # --------------------------------------------------------------------------
