@@ -356,8 +356,10 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band):
         raise TargetNotFoundError(msg) from None
     stars = stamps = None
     if config.psf:
+        # the header's saturation level is in the frame's units before the sky was removed
         cat, seg = find_stars(clean, fwhm=spec.fwhm, nsigma=config.star_nsigma, npixels=config.star_npixels,
-                              wcs=image.wcs, size=config.stamp_size, return_segmentation=True)
+                              wcs=image.wcs, size=config.stamp_size, return_segmentation=True,
+                              header=image.header, background=sky.background)
         stars = select_stars(cat, config.criteria)
         stamps = extract_stamps(clean, sig_full, stars, config.stamp_size, segmentation=seg)
     return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps)

@@ -163,3 +163,31 @@ def test_real_frame_keeps_a_sensible_number_of_stars():
     # every rejected blend has light that is not point-symmetric or a companion peak
     b = np.char.startswith(reasons, "blend")
     assert np.all((s["asymmetry"][b] > 0.06) | (s["companion"][b] > 0.05))
+
+
+def test_prepare_reads_the_saturation_level_from_the_frame_header(tmp_path, monkeypatch):
+    """The pipeline passes the header (and the sky it removed) to find_stars: SATURATE rejects bright stars."""
+    import gsprep.pipeline
+    from gsprep.pipeline import load_config, prepare_target
+
+    monkeypatch.setattr(gsprep.pipeline, "_psfs", lambda stamps, k: {})  # star selection is what is tested
+
+    from .test_pipeline import write_config, write_frames
+
+    write_frames(tmp_path, bands=(("g", 2.6),))
+    cfg = load_config(write_config(tmp_path, bands=(("g", 2.6),), options="psf = true\n"))
+    img = gsprep.read_image(cfg.bands["g"].file)
+    plain = prepare_target({"g": img}, cfg.ra, cfg.dec, cfg)["g"]
+    assert "saturation" not in plain.stars.meta
+    # a level between the frame's brightest pixels and its sky: the brightest stars now reach it
+    level = float(np.percentile(img.data, 99.95))
+    hdr = img.header.copy()
+    hdr["SATURATE"] = level
+    sat_img = gsprep.io.Image(**{**img.__dict__, "header": hdr})
+    p = prepare_target({"g": sat_img}, cfg.ra, cfg.dec, cfg)["g"]
+    assert p.stars.meta["saturation"] == pytest.approx(level)
+    assert "SATURATE" in p.stars.meta["saturation_source"]
+    def saturated(t):
+        return int(sum(str(r).startswith("saturated") for r in t["reason"]))
+
+    assert saturated(p.stars) >= 1 and saturated(plain.stars) == 0
