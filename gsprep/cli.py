@@ -80,11 +80,10 @@ def _check_psf_args(args):
 def cmd_psf(args):
     from astropy.table import Table
 
-    from .psf import fit_epsf
     from .io import read_image, write_psf
-    from .noise import sigma_image
-    from .sky import fit_sky, sky_mask
-    from .stars import StarCriteria, extract_stamps, find_stars, select_stars
+    from .pipeline import frame_psf_stars, frame_sigma, frame_sky
+    from .psf import fit_epsf
+    from .stars import StarCriteria
 
     _check_psf_args(args)
     stem = os.path.splitext(args.out)[0]
@@ -103,13 +102,10 @@ def cmd_psf(args):
         msg = f"{args.image}: the frame has no celestial WCS, so --stars/--gaia cannot be matched to it"
         raise ValueError(msg)
     _say(args, f"{args.image}: sky")
-    keep_out = sky_mask(img.data, fwhm=args.fwhm)
-    sky = fit_sky(img.data, keep_out, order=args.sky_order)
+    # the same frame-level stages as gsprep prepare
+    sky, keep_out = frame_sky(img, fwhm=args.fwhm, order=args.sky_order)
     clean = img.data - sky.background
-    sigma = sigma_image(clean, exptime=exptime, gain=args.gain or img.gain or 1.0, sky=0.0, sky_rms=sky.rms,
-                        unit=args.unit)
-    cat, seg = find_stars(clean, fwhm=args.fwhm, nsigma=args.nsigma, npixels=args.npixels, wcs=img.wcs,
-                          size=args.size, return_segmentation=True, header=img.header, background=sky.background)
+    sigma = frame_sigma(clean, sky, exptime=exptime, gain=args.gain or img.gain or 1.0, unit=args.unit)
     reference = None
     if args.stars:
         reference = Table.read(args.stars)
@@ -122,9 +118,9 @@ def cmd_psf(args):
         reference = gaia_stars(c.ra.deg, c.dec.deg, radius)
     crit = StarCriteria(size=args.size, q_min=args.q_min, isolate=args.isolate,
                         gaia_radius=args.match_radius, saturation=args.saturation)
-    sel = select_stars(cat, crit, reference=reference)
+    sel, stamps = frame_psf_stars(img, clean, sigma, sky, fwhm=args.fwhm, nsigma=args.nsigma, npixels=args.npixels,
+                                  stamp_size=args.size, criteria=crit, reference=reference)
     _say(args, "stars: " + ", ".join(f"{k} {v}" for k, v in sel.meta["funnel"].items()))
-    stamps = extract_stamps(clean, sigma, sel, args.size, segmentation=seg)
     _say(args, f"fitting the PSF to {len(stamps.ids)} stars (oversampling {args.oversampling})")
     res = fit_epsf(stamps, oversampling=args.oversampling)
     picked = sel[np.asarray(sel["selected"], bool)]

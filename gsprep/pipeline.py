@@ -28,7 +28,8 @@ from .wcs import STANDIN_CRVAL, StandInWCSWarning
 from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
 
 __all__ = ["BandSpec", "PrepareConfig", "BandProducts", "TargetRun", "load_config", "read_bands", "prepare_band",
-           "prepare_target", "write_products", "run_target", "galfits_block", "product_paths", "check_out_dir"]
+           "prepare_target", "write_products", "run_target", "galfits_block", "product_paths", "check_out_dir",
+           "frame_sky", "frame_sigma", "frame_psf_stars"]
 
 
 @dataclass(frozen=True)
@@ -337,13 +338,45 @@ def _band_sky_mask(image, config, spec):
     return sky_mask(image.data, fwhm=spec.fwhm, nsigma=config.sky_nsigma, max_grow=config.max_grow)
 
 
+# The frame-level stages, shared by ``prepare`` (band by band or stacked), ``gsprep psf`` and the batch:
+# one path from a frame to its sky, sigma image and PSF stars.
+
+def frame_sky(image, *, fwhm, order, nsigma=3.0, max_grow=100.0):
+    """The sky of a whole frame: sources kept out (:func:`gsprep.sky_mask`), then :func:`gsprep.fit_sky`.
+
+    Returns ``(SkyFit, keep_out)``.
+    """
+    keep_out = sky_mask(image.data, fwhm=fwhm, nsigma=nsigma, max_grow=max_grow)
+    return fit_sky(image.data, keep_out, order=order), keep_out
+
+
+def frame_sigma(clean, sky, *, exptime, gain, unit):
+    """Sigma image of a sky-subtracted frame (data units).
+
+    ``sky.rms`` is the measured background noise (the sky's own Poisson
+    noise included), so the sky is not added to the source term again.
+    """
+    return sigma_image(clean, exptime=exptime, gain=gain, sky=0.0, sky_rms=sky.rms, unit=unit)
+
+
+def frame_psf_stars(image, clean, sigma, sky, *, fwhm, nsigma, npixels, stamp_size, criteria, reference=None):
+    """PSF stars of a frame: found, selected (with reasons) and cut into stamps; ``(stars, stamps)``.
+
+    The frame's header and the sky that was removed go to
+    :func:`gsprep.find_stars`, whose saturation level is in the frame's
+    units before sky subtraction.
+    """
+    cat, seg = find_stars(clean, fwhm=fwhm, nsigma=nsigma, npixels=npixels, wcs=image.wcs, size=stamp_size,
+                          return_segmentation=True, header=image.header, background=sky.background)
+    stars = select_stars(cat, criteria, reference=reference)
+    return stars, extract_stamps(clean, sigma, stars, stamp_size, segmentation=seg)
+
+
 def _band_after_sky(image, target, config, spec, sky, exptime, gain, band):
     """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``."""
     clean = image.data - sky.background
     cut = cutout(clean, r=config.r, **target)
-    # sky_rms is the measured background noise (the sky's own Poisson noise included), so the sky is
-    # not added to the source term again
-    sig_full = sigma_image(clean, exptime=exptime, gain=gain, sky=0.0, sky_rms=sky.rms, unit=spec.unit)
+    sig_full = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
     sig = _sub(sig_full, cut)
     try:
         mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
@@ -356,12 +389,9 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band):
         raise TargetNotFoundError(msg) from None
     stars = stamps = None
     if config.psf:
-        # the header's saturation level is in the frame's units before the sky was removed
-        cat, seg = find_stars(clean, fwhm=spec.fwhm, nsigma=config.star_nsigma, npixels=config.star_npixels,
-                              wcs=image.wcs, size=config.stamp_size, return_segmentation=True,
-                              header=image.header, background=sky.background)
-        stars = select_stars(cat, config.criteria)
-        stamps = extract_stamps(clean, sig_full, stars, config.stamp_size, segmentation=seg)
+        stars, stamps = frame_psf_stars(image, clean, sig_full, sky, fwhm=spec.fwhm, nsigma=config.star_nsigma,
+                                        npixels=config.star_npixels, stamp_size=config.stamp_size,
+                                        criteria=config.criteria)
     return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps)
 
 
@@ -375,7 +405,8 @@ def prepare_band(image, ra, dec, config, spec, *, band="band"):
     """
     exptime, gain = _band_inputs(image, spec, band)
     target = _cut_target(image, spec, band, ra, dec, _pixel_target(ra, dec, config), config=config)
-    sky = fit_sky(image.data, _band_sky_mask(image, config, spec), order=config.sky_order)
+    sky, _ = frame_sky(image, fwhm=spec.fwhm, order=config.sky_order, nsigma=config.sky_nsigma,
+                       max_grow=config.max_grow)
     p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band)
     if p.stamps is None:
         return p

@@ -285,7 +285,7 @@ def test_header_warnings_are_one_line_and_debug_after_the_command_shows_them(tmp
     def stop(*args, **kwargs):
         raise ValueError("stopped after reading")
 
-    monkeypatch.setattr("gsprep.sky.fit_sky", stop)
+    monkeypatch.setattr("gsprep.pipeline.fit_sky", stop)
     dss = data_path("dss.14.29.56-62.41.05.fits.gz")
     argv = ["psf", dss, "--fwhm", "3", "--exptime", "60", "--out", str(tmp_path / "p.fits")]
     assert main(argv) == 2
