@@ -344,8 +344,9 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     >>> truth = np.stack([1e4 * moffat_psf((21, 21), x, y, fwhm=3.0, beta=3.0) for x, y in xy])
     >>> sigma = np.sqrt(25 + truth)
     >>> res = gsprep.fit_epsf(truth + rng.normal(size=truth.shape) * sigma, sigma, oversampling=2)
-    >>> round(float(res.psf.sum()), 6), bool(res.converged), round(res.fwhm, 1)
-    (1.0, True, 3.0)
+    >>> # FWHM as an image shows it: the Moffat's 3.0 px seen through the pixel is 3.13 px
+    >>> round(float(res.psf.sum()), 6), bool(res.converged), abs(res.fwhm - 3.13) < 0.1
+    (1.0, True, True)
     """
     if hasattr(stamps, "positions") and hasattr(stamps, "sigma"):
         st = stamps
