@@ -127,10 +127,15 @@ def cutout(data, wcs, ra=None, dec=None, r=None, *, x=None, y=None, pixel_scale=
 
     Examples
     --------
-    >>> c = cutout(img.data, img.wcs, 50.6738, -37.2083, 60.0)   # doctest: +SKIP
-    >>> c.data.shape                                              # doctest: +SKIP
-    (17, 17)
-    >>> c = cutout(img.data, None, x=812.0, y=440.5, r=60.0, pixel_scale=0.262)   # doctest: +SKIP
+    >>> import numpy as np
+    >>> from gsprep.simulate import tan_wcs
+    >>> w = tan_wcs(150.1, 2.2, (201, 201), 0.4)                 # 0.4 arcsec/px, target at the centre
+    >>> c = cutout(np.zeros((201, 201)), w, 150.1, 2.2, 10.0)    # n = int(10 / 0.4) = 25 px each side
+    >>> c.data.shape, round(c.center[0], 6), round(c.center[1], 6)
+    ((51, 51), 25.0, 25.0)
+    >>> c = cutout(np.zeros((201, 201)), None, x=100.0, y=100.0, r=10.0, pixel_scale=0.4)  # no WCS: pixels
+    >>> c.data.shape
+    (51, 51)
     """
     arr = as_image("data", data, ndim=(2, 3))
     cwcs = None if wcs is None else _check_wcs(wcs)

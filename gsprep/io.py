@@ -164,9 +164,17 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
 
     Examples
     --------
-    >>> img = read_image("frame.fits", band="r")          # doctest: +SKIP
-    >>> img.pixel_scale, img.exptime                       # doctest: +SKIP
-    (0.396, 53.9)
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from astropy.io import fits
+    >>> from gsprep.simulate import tan_wcs
+    >>> header = tan_wcs(150.1, 2.2, (50, 50), 0.396).to_header()
+    >>> header["EXPTIME"] = 53.9
+    >>> path = os.path.join(tempfile.mkdtemp(), "frame.fits")
+    >>> fits.writeto(path, np.zeros((50, 50), np.float32), header)
+    >>> img = read_image(path, band="r")
+    >>> round(img.pixel_scale, 6), img.exptime, img.gain
+    (0.396, 53.9, None)
     """
     check_choice("unit", unit, UNITS)
     path = os.fspath(path)
