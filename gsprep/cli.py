@@ -57,6 +57,7 @@ def _check_psf_args(args):
     check_number("--q-min", args.q_min, lower=0.0, upper=1.0)
     check_number("--isolate", args.isolate, lower=0.0)
     check_integer("--sky-order", args.sky_order, lower=0, upper=12)
+    check_integer("--sky-box", args.sky_box, lower=4)
     check_positive("--match-radius", args.match_radius, allow_none=True)
     check_positive("--saturation", args.saturation, allow_none=True)
     check_positive("--exptime", args.exptime, allow_none=True)
@@ -103,7 +104,8 @@ def cmd_psf(args):
         raise ValueError(msg)
     _say(args, f"{args.image}: sky")
     # the same frame-level stages as gsprep prepare
-    sky, keep_out = frame_sky(img, fwhm=args.fwhm, order=args.sky_order)
+    sky, keep_out = frame_sky(img, fwhm=args.fwhm, order=args.sky_order, method=args.sky_method, box=args.sky_box,
+                              label=args.image)
     clean = img.data - sky.background
     sigma = frame_sigma(clean, sky, exptime=exptime, gain=args.gain or img.gain or 1.0, unit=args.unit)
     reference = None
@@ -278,6 +280,10 @@ def build_parser():
                     help="largest fraction of a stamp's source flux from other sources, 0-1 (default: %(default)s)")
     ps.add_argument("--sky-order", type=int, default=2,
                     help="polynomial order of the sky fit, 0 = constant (default: %(default)s)")
+    ps.add_argument("--sky-method", choices=("poly", "mesh"), default="poly",
+                    help="sky model: a polynomial, or photutils' Background2D mesh (default: %(default)s)")
+    ps.add_argument("--sky-box", type=int, default=64,
+                    help="mesh box size, pixels, with --sky-method mesh (default: %(default)s)")
     ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     ps.add_argument("--no-figures", action="store_true", help="do not write the PNG figures (default: write them)")
     ps.set_defaults(func=cmd_psf)

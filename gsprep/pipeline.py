@@ -23,7 +23,7 @@ from .psf import EPSFResult, fit_epsf
 from .io import Image, atomic_write, read_image, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_image
-from .sky import SkyFit, fit_sky, sky_mask
+from .sky import SkyFit, fit_sky, sky_mask, sky_residual_check
 from .wcs import STANDIN_CRVAL, StandInWCSWarning
 from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
 
@@ -70,6 +70,9 @@ class PrepareConfig:
     r: float
     bands: dict
     sky_order: int = 3
+    sky_method: str = "poly"
+    sky_box: int = 64
+    sky_regions: tuple | None = None
     sky_nsigma: float = 3.0
     mask_nsigma: float = 3.0
     mask_npixels: int = 5
@@ -241,7 +244,21 @@ _OPTION_CHECKS = {
     "stamp_size": lambda v: check_integer("stamp_size", v, lower=3, odd=True),
     "oversampling": lambda v: check_integer("oversampling", v, lower=1, upper=16),
     "lyric_psf": lambda v: check_choice("lyric_psf", v, ("native", "oversampled")),
+    "sky_method": lambda v: check_choice("sky_method", v, ("poly", "mesh")),
+    "sky_box": lambda v: check_integer("sky_box", v, lower=4),
+    "sky_regions": lambda v: _checked_regions(v),
 }
+
+
+def _checked_regions(v):
+    """``sky_regions``: a list of ``[x0, x1, y0, y1]`` boxes (0-based pixels, end excluded)."""
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(q, int) and not isinstance(q, bool) for q in b)
+        for b in v)
+    if not ok:
+        msg = f"sky_regions must be a list of [x0, x1, y0, y1] integer boxes, got {v!r}"
+        raise TypeError(msg)
+    return tuple(tuple(b) for b in v)
 
 
 def _checked_options(options):
@@ -341,13 +358,17 @@ def _band_sky_mask(image, config, spec):
 # The frame-level stages, shared by ``prepare`` (band by band or stacked), ``gsprep psf`` and the batch:
 # one path from a frame to its sky, sigma image and PSF stars.
 
-def frame_sky(image, *, fwhm, order, nsigma=3.0, max_grow=100.0):
+def frame_sky(image, *, fwhm, order, nsigma=3.0, max_grow=100.0, method="poly", box=64, regions=None,
+              label="frame"):
     """The sky of a whole frame: sources kept out (:func:`gsprep.sky_mask`), then :func:`gsprep.fit_sky`.
 
-    Returns ``(SkyFit, keep_out)``.
+    Warns (:class:`gsprep.sky.SkyResidualWarning`) when the residual is far
+    above the pixel-to-pixel noise.  Returns ``(SkyFit, keep_out)``.
     """
     keep_out = sky_mask(image.data, fwhm=fwhm, nsigma=nsigma, max_grow=max_grow)
-    return fit_sky(image.data, keep_out, order=order), keep_out
+    sky = fit_sky(image.data, keep_out, order=order, method=method, box=box, regions=regions)
+    sky_residual_check(image.data, sky, keep_out, label=label)
+    return sky, keep_out
 
 
 def frame_sigma(clean, sky, *, exptime, gain, unit):
@@ -406,15 +427,29 @@ def prepare_band(image, ra, dec, config, spec, *, band="band"):
     exptime, gain = _band_inputs(image, spec, band)
     target = _cut_target(image, spec, band, ra, dec, _pixel_target(ra, dec, config), config=config)
     sky, _ = frame_sky(image, fwhm=spec.fwhm, order=config.sky_order, nsigma=config.sky_nsigma,
-                       max_grow=config.max_grow)
+                       max_grow=config.max_grow, method=config.sky_method, box=config.sky_box,
+                       regions=config.sky_regions, label=f"band {band}")
     p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band)
     if p.stamps is None:
         return p
     return dataclasses.replace(p, psf=fit_epsf(p.stamps, oversampling=config.oversampling))
 
 
-def _skies(frames, masks, order, stack=True):
-    """Sky fits of several bands: one ``fit_sky`` call per frame shape (band -> SkyFit or error)."""
+def _skies(frames, masks, order, stack=True, **kw):
+    """Sky fits of several bands: one ``fit_sky`` call per frame shape (band -> SkyFit or error).
+
+    A mesh or per-region sky (``kw``) is fitted band by band.  Each band's
+    residual is checked against its pixel-to-pixel noise.
+    """
+    stack = stack and kw.get("method", "poly") == "poly" and kw.get("regions") is None
+    out = _skies_fit(frames, masks, order, stack, **kw)
+    for b, f in out.items():
+        if not isinstance(f, Exception):
+            sky_residual_check(frames[b], f, masks[b], label=f"band {b}")
+    return out
+
+
+def _skies_fit(frames, masks, order, stack, **kw):
     groups = {}
     for band, data in frames.items():
         groups.setdefault(data.shape if stack else band, []).append(band)
@@ -431,7 +466,7 @@ def _skies(frames, masks, order, stack=True):
                 continue
         for b in bands:
             try:
-                out[b] = fit_sky(frames[b], masks[b], order=order)
+                out[b] = fit_sky(frames[b], masks[b], order=order, **kw)
             except ValueError as exc:
                 out[b] = exc
     return out
@@ -540,7 +575,8 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         stack_sky = jax.default_backend() != "cpu"
     else:
         stack_sky = bool(stack_bands)
-    skies = _skies({b: images[b].data for b in inputs}, keep_out, config.sky_order, stack=stack_sky)
+    skies = _skies({b: images[b].data for b in inputs}, keep_out, config.sky_order, stack=stack_sky,
+                   method=config.sky_method, box=config.sky_box, regions=config.sky_regions)
     partial = {}
     for band in inputs:
         if isinstance(skies[band], Exception):

@@ -23,7 +23,7 @@ from astropy.stats import sigma_clipped_stats
 from ._checks import as_mask, check_choice, check_integer, check_positive
 from .detection import detect, grow_sources
 
-__all__ = ["SkyFit", "sky_mask", "fit_sky", "legendre_terms"]
+__all__ = ["SkyFit", "SkyResidualWarning", "fit_sky", "legendre_terms", "pixel_noise", "sky_mask", "sky_residual_check"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SkyFit:
         Standard deviation of the data minus sky over the pixels kept after
         clipping (per band for a stack).
     method : str
-        ``"poly"`` or ``"median"``.
+        ``"poly"``, ``"median"`` or ``"mesh"`` (``coeffs`` empty).
     """
 
     background: np.ndarray
@@ -145,7 +145,87 @@ def _fit_stack(data, good, order, nclip, clip):
     return jax.lax.map(lambda dw: _fit_one(dw[0], dw[1], order, nclip, clip), (data, weight))
 
 
-def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0):
+class SkyResidualWarning(UserWarning):
+    """The sky model leaves structure far above the pixel-to-pixel noise."""
+
+
+def pixel_noise(resid, mask=None):
+    """Pixel-to-pixel noise of an image (data units), from neighbouring pixels' second differences.
+
+    The robust rms of ``r[i+1] - 2 r[i] + r[i-1]`` (along both axes) over
+    sqrt(6): a gradient cancels and curvature on scales of many pixels
+    hardly counts, so a sky the model did not follow does not enter it.  Noise correlated between
+    neighbours (drizzled frames) reads lower than the per-pixel noise.
+    """
+    r = np.asarray(resid, float)
+    good = np.isfinite(r) if mask is None else np.isfinite(r) & ~np.asarray(mask, bool)
+    # second differences along each axis: a gradient cancels, white noise gives variance 6 sigma^2
+    d0 = r[2:] - 2 * r[1:-1] + r[:-2]
+    d1 = r[:, 2:] - 2 * r[:, 1:-1] + r[:, :-2]
+    d = np.concatenate([d0[good[2:] & good[1:-1] & good[:-2]], d1[good[:, 2:] & good[:, 1:-1] & good[:, :-2]]])
+    if d.size < 10:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(6.0))
+
+
+def sky_residual_check(data, sky, mask=None, *, limit=2.5, label="frame"):
+    """Compare the sky fit's residual rms with the pixel-to-pixel noise; warn when it is ``limit`` x larger.
+
+    Returns ``(residual_rms, pixel_noise)`` (data units).  A ratio well
+    above 1 means the sky model does not follow the frame (readout halves,
+    scattered light, a polynomial too stiff): the residual is structure, and
+    a sigma image built from ``sky.rms`` is too large by that ratio.
+    """
+    r = np.asarray(data, float) - np.asarray(sky.background, float)
+    good = np.isfinite(r) if mask is None else np.isfinite(r) & ~np.asarray(mask, bool)
+    _, _, rms = sigma_clipped_stats(r[good], sigma=3.0, maxiters=3)
+    pp = pixel_noise(r, None if mask is None else mask)
+    if np.isfinite(pp) and pp > 0 and rms > limit * pp:
+        import warnings
+
+        how = ("a sky per readout region (sky_regions) if the frame has a step, a mesh sky (sky_method = "
+               "\"mesh\", --sky-method mesh) or a higher sky_order")
+        warnings.warn(f"{label}: the sky residual rms {rms:.3g} is {rms / pp:.1f}x the pixel-to-pixel noise "
+                      f"{pp:.3g}: the {sky.method} sky does not follow this frame (the sigma image is that much "
+                      f"too large); try {how}", SkyResidualWarning, stacklevel=2)
+    return float(rms), pp
+
+
+def _fit_regions(data, mask, order, regions, **kw):
+    """One sky per region (boxes ``(x0, x1, y0, y1)``, 0-based, end excluded) of a 2-D frame."""
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        msg = "regions: a per-region sky takes one 2-D frame, not a stack"
+        raise ValueError(msg)
+    ny, nx = arr.shape
+    m = np.zeros(arr.shape, bool) if mask is None else np.asarray(mask, bool)
+    bg = np.full(arr.shape, np.nan)
+    covered = np.zeros(arr.shape, bool)
+    fits = []
+    for i, box in enumerate(regions):
+        try:
+            x0, x1, y0, y1 = (int(v) for v in box)
+        except (TypeError, ValueError):
+            msg = f"regions[{i}] must be 4 integers (x0, x1, y0, y1), got {box!r}"
+            raise ValueError(msg) from None
+        if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
+            msg = f"regions[{i}] = {box!r} is not a box inside the {nx} x {ny} frame (x0 < x1 <= nx, y0 < y1 <= ny)"
+            raise ValueError(msg)
+        f = fit_sky(arr[y0:y1, x0:x1], m[y0:y1, x0:x1], order, **kw)
+        bg[y0:y1, x0:x1] = f.background
+        covered[y0:y1, x0:x1] = True
+        fits.append(f)
+    if not covered.all():
+        msg = f"regions leave {int((~covered).sum())} pixels of the frame without a sky; cover the whole frame"
+        raise ValueError(msg)
+    r = arr - bg
+    good = np.isfinite(r) & ~m
+    _, _, rms = sigma_clipped_stats(r[good], sigma=kw.get("clip_sigma", 3.0), maxiters=3)
+    coeffs = np.concatenate([np.atleast_1d(f.coeffs) for f in fits])
+    return SkyFit(bg, coeffs, fits[0].order, float(rms), fits[0].method + "/regions")
+
+
+def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0, box=64, regions=None):
     """Fit the sky of one frame or of a stack of bands.
 
     Parameters
@@ -157,12 +237,24 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
         as ``data``, or ``(ny, nx)`` shared by every band.
     order : int
         Total degree of the Legendre polynomial (0 = constant, 3 = cubic).
-    method : {"poly", "median"}
+    method : {"poly", "median", "mesh"}
         ``"median"``: a constant, the sigma-clipped median of unmasked pixels.
+        ``"mesh"``: photutils' ``Background2D``, sigma-clipped medians in
+        ``box x box`` pixel boxes (3 x 3 median-filtered) interpolated over
+        the frame: follows skies a polynomial cannot (readout halves,
+        scattered light), at the price of eating into sources much larger
+        than ``box``.
     nclip : int
         Rounds of ``clip_sigma``-sigma clipping of the residuals.
     clip_sigma : float
         Clipping threshold in units of the residual rms.
+    box : int
+        Mesh box size in pixels (``method="mesh"``).
+    regions : list of (x0, x1, y0, y1), optional
+        A separate sky (of ``method`` and ``order``) in each box (0-based
+        pixels, end excluded; together they must cover the frame), e.g. the
+        readout halves or amplifiers of a detector whose skies differ by a
+        step.  ``coeffs`` then holds every region's coefficients in turn.
 
     Returns
     -------
@@ -191,7 +283,11 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
     if arr.dtype.kind not in "biuf":
         msg = f"data must be a real numeric array, got dtype {arr.dtype}"
         raise TypeError(msg)
-    check_choice("method", method, ("poly", "median"))
+    check_choice("method", method, ("poly", "median", "mesh"))
+    box = check_integer("box", box, lower=4)
+    if regions is not None:
+        return _fit_regions(arr, mask, order, list(regions), method=method, nclip=nclip, clip_sigma=clip_sigma,
+                            box=box)
     order = check_integer("order", order, lower=0, upper=12)
     nclip = check_integer("nclip", nclip, lower=0)
     clip = check_positive("clip_sigma", clip_sigma)
@@ -212,7 +308,26 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0)
             where = "data" if arr.ndim == 2 else f"band {b} of data"
             msg = f"{where}: too few unmasked finite pixels ({good[b].sum()}) to fit the sky"
             raise ValueError(msg)
-    if method == "median":
+    if method == "mesh":
+        from photutils.background import Background2D, MedianBackground
+
+        from astropy.stats import SigmaClip
+
+        bgs, rms = [], []
+        for b in range(stack.shape[0]):
+            ny, nx = stack[b].shape
+            bx = (min(box, ny), min(box, nx))
+            b2 = Background2D(np.where(good[b], stack[b], np.nan), bx, filter_size=(3, 3), mask=~good[b],
+                              sigma_clip=SigmaClip(sigma=clip, maxiters=max(nclip, 1)),
+                              bkg_estimator=MedianBackground())
+            bg_b = np.asarray(b2.background, float)
+            _, _, std = sigma_clipped_stats((stack[b] - bg_b)[good[b]], sigma=clip, maxiters=max(nclip, 1))
+            bgs.append(bg_b)
+            rms.append(std)
+        bg, rms = np.stack(bgs), np.array(rms)
+        coeffs = np.zeros((stack.shape[0], 0))
+        order_out = 0
+    elif method == "median":
         vals, rms = [], []
         for b in range(stack.shape[0]):
             _, med, std = sigma_clipped_stats(stack[b][good[b]], sigma=clip, maxiters=max(nclip, 1))
