@@ -221,6 +221,28 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
 # --------------------------------------------------------------------------
 # headers
 
+def read_map(path, hdu=0):
+    """The pixels of one image HDU (a noise, DQ or mask map) as float64, no header or WCS.
+
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for a
+    wrong ``hdu`` (naming the HDUs that hold images) or an unreadable file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        msg = f"no such file {path!r}"
+        raise FileNotFoundError(msg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # header fixes of a map do not matter: only its pixels are read
+        try:
+            data, _, _ = _read_hdu(path, hdu)
+        except _HDUError as exc:
+            raise ValueError(str(exc)) from None
+        except (OSError, TypeError, IndexError, KeyError, EOFError, ValueError) as exc:
+            msg = f"{path!r} is not a readable FITS file: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+            raise ValueError(msg) from None
+    return data
+
+
 def _quiet_wcs(header):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)

@@ -6,7 +6,15 @@ import numpy as np
 
 from ._checks import as_image, check_choice, check_nonnegative, check_positive
 
-__all__ = ["sigma_image", "sigma_from_weight"]
+__all__ = ["sigma_image", "sigma_from_weight", "sigma_from_map", "NOISE_KINDS"]
+
+#: what a noise map holds -> how sigma follows from it
+NOISE_KINDS = {
+    "rms": "sigma = value (an ERR map: 1-sigma error per pixel, data units)",
+    "variance": "sigma = sqrt(value) (a VAR map, data units squared)",
+    "ivar": "sigma = 1 / sqrt(value) (inverse variance, 1 / data units squared)",
+    "weight": "sigma = 1 / sqrt(value) (a drizzle inverse-variance weight map, final_wht_type IVM)",
+}
 
 
 def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0, unit="cR"):
@@ -111,3 +119,54 @@ def sigma_from_weight(weight):
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = np.where(bad, np.inf, 1.0 / np.sqrt(np.where(bad, 1.0, w)))
     return sigma, bad
+
+
+def sigma_from_map(values, kind):
+    """Sigma image from a noise map (``kind`` in :data:`NOISE_KINDS`).
+
+    ``"rms"``: ``sigma = value``; ``"variance"``: ``sigma = sqrt(value)``;
+    ``"ivar"`` and ``"weight"`` (a drizzle inverse-variance weight map, in
+    1 / data units squared): ``sigma = 1 / sqrt(value)``.
+
+    Returns
+    -------
+    sigma : ndarray
+        NaN where the map gives no valid noise.
+    bad : ndarray of bool
+        True where the map gives no valid noise: a value that is not finite,
+        zero or negative (or a sigma that is not finite and > 0).
+
+    Raises
+    ------
+    ValueError
+        A ``"variance"`` map with negative values (not a variance), or a
+        map with no valid pixel.
+
+    Examples
+    --------
+    >>> sigma, bad = sigma_from_map(np.array([[4.0, 0.0]]), "variance")
+    >>> sigma, bad
+    (array([[ 2., nan]]), array([[False,  True]]))
+    """
+    check_choice("noise_kind", kind, tuple(NOISE_KINDS))
+    v = as_image("noise map", values, ndim=(2, 3), require_finite=False)
+    if kind == "variance":
+        neg = np.isfinite(v) & (v < 0)
+        if neg.any():
+            msg = (f"the variance map is negative at {int(neg.sum())} of {v.size} pixels: not a variance "
+                   "(an ERR map is noise_kind = 'rms', a weight map 'weight')")
+            raise ValueError(msg)
+    bad = ~np.isfinite(v) | (v <= 0)
+    safe = np.where(bad, 1.0, v)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if kind == "rms":
+            sigma = safe
+        elif kind == "variance":
+            sigma = np.sqrt(safe)
+        else:
+            sigma = 1.0 / np.sqrt(safe)
+    bad |= ~(np.isfinite(sigma) & (sigma > 0))
+    if bad.all():
+        msg = f"the noise map ({kind}) has no valid pixel (every value is zero, negative or not finite)"
+        raise ValueError(msg)
+    return np.where(bad, np.nan, sigma), bad

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import warnings
 from dataclasses import dataclass, field, fields
@@ -20,15 +21,17 @@ from ._checks import check_choice, check_integer, check_nonnegative, check_numbe
 from .cutouts import Cutout, cutout
 from .galfits import galfits_filter, header_zeropoint, image_block, lyric_text
 from .psf import EPSFResult, fit_epsf
-from .io import Image, atomic_write, read_image, write_cutout, write_psf
+from ._bits import BAD, USER
+from .io import Image, atomic_write, read_image, read_map, write_cutout, write_psf
 from .masks import Mask, TargetNotFoundError, cutout_mask
-from .noise import sigma_image
+from .noise import NOISE_KINDS, sigma_from_map, sigma_image
 from .sky import SkyFit, fit_sky, sky_mask, sky_residual_check
 from .wcs import STANDIN_CRVAL, StandInWCSWarning
 from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
 
 __all__ = ["BandSpec", "PrepareConfig", "BandProducts", "TargetRun", "load_config", "read_bands", "prepare_band",
-           "prepare_target", "write_products", "run_target", "galfits_block", "product_paths", "check_out_dir",
+           "prepare_target", "read_band_maps", "BandMaps", "write_products", "run_target", "galfits_block",
+           "product_paths", "check_out_dir",
            "frame_sky", "frame_sigma", "frame_psf_stars"]
 
 
@@ -43,6 +46,14 @@ class BandSpec:
     :func:`gsprep.galfits.galfits_filter`); ``pixel_scale`` (arcsec/pixel)
     is required for a frame without a WCS and overrides the WCS's scale in
     the half-size rule otherwise.
+
+    Noise and bad pixels (see the guide, "Noise maps, DQ and user masks"):
+    ``noise = "FILE[EXT]"`` (another file; ``[EXT]`` an HDU index or EXTNAME,
+    default 0) or ``noise_hdu = EXT`` (another HDU of ``file``) with
+    ``noise_kind`` one of ``"rms"``, ``"variance"``, ``"ivar"``,
+    ``"weight"`` replaces the computed sigma image; ``dq = "FILE[EXT]"`` or
+    ``dq_hdu = EXT`` with ``dq_bad = [bit values]`` (default: any nonzero DQ
+    is bad) and ``user_mask = "FILE[EXT]"`` (nonzero = masked) mask pixels.
     """
 
     file: str
@@ -54,6 +65,27 @@ class BandSpec:
     gain: float | None = None
     filter: str | None = None
     pixel_scale: float | None = None
+    noise: str | None = None
+    noise_hdu: int | str | None = None
+    noise_kind: str | None = None
+    dq: str | None = None
+    dq_hdu: int | str | None = None
+    dq_bad: tuple | None = None
+    user_mask: str | None = None
+
+
+@dataclass(frozen=True)
+class BandMaps:
+    """A band's noise map and bad-pixel maps, frame-sized (from :func:`read_band_maps`).
+
+    ``sigma``: the sigma image from the noise map (NaN where ``bad``), or
+    None (then the sigma image is computed); ``bad``: no valid noise or
+    DQ-bad (mask bit ``BAD``); ``user``: the user mask (mask bit ``USER``).
+    """
+
+    sigma: np.ndarray | None
+    bad: np.ndarray
+    user: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -183,6 +215,9 @@ def load_config(path, *, batch=False):
             raise ValueError(msg)
         if not os.path.isabs(spec["file"]):
             spec["file"] = os.path.join(here, spec["file"])
+        for key in ("noise", "dq", "user_mask"):
+            if key in spec:
+                spec[key] = _in_section(f"bands.{name}", lambda key=key, spec=spec: _map_ref(key, spec[key], here))
         bands[name] = _in_section(f"bands.{name}", lambda spec=spec: _checked_band(BandSpec(**spec)))
     options = _in_section("options", lambda: _checked_options(options))
     criteria = _in_section("criteria", lambda: StarCriteria(**crit))
@@ -284,11 +319,157 @@ def _checked_band(spec):
     if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
         msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
         raise TypeError(msg)
+    spec = _checked_maps(spec)
     return dataclasses.replace(spec, fwhm=float(spec.fwhm),
                                exptime=check_positive("exptime", spec.exptime, allow_none=True),
                                gain=check_positive("gain", spec.gain, allow_none=True),
                                pixel_scale=check_positive("pixel_scale", spec.pixel_scale, allow_none=True),
                                zeropoint=check_number("zeropoint", spec.zeropoint, allow_none=True))
+
+
+_REF = re.compile(r"^(?P<path>.*?)\[(?P<ext>[^\[\]]*)\]$")
+
+
+def _split_ref(ref):
+    """``"FILE[EXT]"`` -> ``(FILE, EXT)`` (EXT an int when it is digits); ``"FILE"`` -> ``(FILE, 0)``."""
+    m = _REF.match(ref)
+    if not m:
+        return ref, 0
+    ext = m["ext"].strip()
+    return m["path"], int(ext) if ext.isdigit() else ext
+
+
+def _map_ref(key, value, here):
+    """A ``noise``, ``dq`` or ``user_mask`` value checked, its path made absolute (relative to the config)."""
+    if not isinstance(value, str) or not value.strip():
+        msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
+        raise TypeError(msg)
+    path, ext = _split_ref(value)
+    if not path or ext == "":
+        msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
+        raise ValueError(msg)
+    if not os.path.isabs(path):
+        path = os.path.join(here, path)
+    return f"{path}[{ext}]" if _REF.match(value) else path
+
+
+def _checked_hdu(key, value):
+    if value is not None and (not isinstance(value, (int, str)) or isinstance(value, bool)):
+        msg = f"{key} must be an HDU index or EXTNAME, got {value!r}"
+        raise TypeError(msg)
+
+
+def _checked_maps(spec):
+    """The noise, DQ and user-mask keys of a band checked (not read: see ``read_band_maps``)."""
+    for key in ("noise", "dq", "user_mask"):
+        value = getattr(spec, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
+            raise TypeError(msg)
+    for key in ("noise_hdu", "dq_hdu"):
+        _checked_hdu(key, getattr(spec, key))
+    if spec.noise is not None and spec.noise_hdu is not None:
+        msg = "give noise (another file, \"FILE[EXT]\") or noise_hdu (an HDU of file), not both"
+        raise ValueError(msg)
+    if spec.dq is not None and spec.dq_hdu is not None:
+        msg = "give dq (another file, \"FILE[EXT]\") or dq_hdu (an HDU of file), not both"
+        raise ValueError(msg)
+    has_noise = spec.noise is not None or spec.noise_hdu is not None
+    if has_noise and spec.noise_kind is None:
+        msg = f"a noise map needs noise_kind, one of {list(NOISE_KINDS)} (what its pixels hold)"
+        raise ValueError(msg)
+    if spec.noise_kind is not None:
+        if not has_noise:
+            msg = "noise_kind is set but no noise map: give noise = \"FILE[EXT]\" or noise_hdu = EXT"
+            raise ValueError(msg)
+        check_choice("noise_kind", spec.noise_kind, tuple(NOISE_KINDS))
+    dq_bad = spec.dq_bad
+    if dq_bad is not None:
+        if spec.dq is None and spec.dq_hdu is None:
+            msg = "dq_bad is set but no DQ map: give dq = \"FILE[EXT]\" or dq_hdu = EXT"
+            raise ValueError(msg)
+        ok = (isinstance(dq_bad, (list, tuple)) and len(dq_bad) > 0
+              and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in dq_bad))
+        if not ok:
+            msg = f"dq_bad must be a list of DQ bit values (positive integers, e.g. [1, 4, 16]), got {dq_bad!r}"
+            raise TypeError(msg)
+        dq_bad = tuple(dq_bad)
+    return dataclasses.replace(spec, dq_bad=dq_bad)
+
+
+def _band_map(spec, key, image):
+    """``(data, label)`` of the map ``key`` ("noise", "dq" or "user_mask") of a band, or None; shape checked."""
+    ref = getattr(spec, key)
+    hdu = getattr(spec, f"{key}_hdu", None)
+    if ref is None and hdu is None:
+        return None
+    path, ext = _split_ref(ref) if ref is not None else (spec.file, hdu)
+    which = key if ref is not None else f"{key}_hdu"
+    label = f"{path}[{ext}]"
+    try:
+        data = read_map(path, ext)
+    except (OSError, ValueError) as exc:
+        msg = f"{which}: {exc}"
+        raise ValueError(msg) from None
+    if data.shape != image.data.shape:
+        msg = (f"{which}: the map {label} has shape {data.shape} but the frame {spec.file}[{spec.hdu}] is "
+               f"{image.data.shape}; it must cover the frame pixel for pixel")
+        raise ValueError(msg)
+    return data, label, which
+
+
+def _band_maps(spec, image):
+    """The band's :class:`BandMaps`, or None when it has no noise, DQ or user-mask key (errors unprefixed)."""
+    noise = _band_map(spec, "noise", image)
+    dq = _band_map(spec, "dq", image)
+    user = _band_map(spec, "user_mask", image)
+    if noise is None and dq is None and user is None:
+        return None
+    shape = image.data.shape
+    sigma, bad = None, np.zeros(shape, bool)
+    if noise is not None:
+        try:
+            sigma, bad = sigma_from_map(noise[0], spec.noise_kind)
+        except ValueError as exc:
+            msg = f"{noise[2]} ({noise[1]}, noise_kind = {spec.noise_kind!r}): {exc}"
+            raise ValueError(msg) from None
+    if dq is not None:
+        values = dq[0]
+        finite = np.isfinite(values)
+        ints = np.where(finite, values, 0).astype(np.int64)
+        flags = 0
+        for b in spec.dq_bad or ():
+            flags |= b
+        dq_bad = ~finite | ((ints & flags) != 0 if spec.dq_bad else ints != 0)
+        if dq_bad.all():
+            which = f"dq_bad = {list(spec.dq_bad)}" if spec.dq_bad else "any nonzero DQ (the default)"
+            msg = (f"{dq[2]}: every pixel of the DQ map {dq[1]} is bad by {which}; give dq_bad = [bit values] "
+                   "that mark really bad pixels, or check the map")
+            raise ValueError(msg)
+        bad = bad | dq_bad
+    user_mask = np.zeros(shape, bool) if user is None else ~(user[0] == 0)  # NaN counts as masked
+    if (bad | user_mask | ~np.isfinite(image.data)).all():
+        msg = "noise, dq and user_mask leave no good pixel in the frame"
+        raise ValueError(msg)
+    if sigma is not None:
+        sigma = np.where(bad, np.nan, sigma)
+    return BandMaps(sigma=sigma, bad=bad, user=user_mask)
+
+
+def read_band_maps(config, images):
+    """Read and check every band's noise, DQ and user-mask maps; band -> :class:`BandMaps` or None.
+
+    Bands missing from ``images`` (unreadable frames) are skipped.  Any
+    problem (missing file or HDU, a shape that is not the frame's, a
+    negative variance, a DQ map with every pixel bad) is one
+    ``ValueError`` ``config: [bands.NAME] KEY: ...``, raised before any work.
+    """
+    out = {}
+    for band, image in images.items():
+        if band not in config.bands or not isinstance(image, Image):
+            continue
+        out[band] = _in_section(f"bands.{band}", lambda band=band, image=image: _band_maps(config.bands[band], image))
+    return out
 
 
 def _sub(arr, cut):
@@ -359,13 +540,18 @@ def _band_sky_mask(image, config, spec):
 # one path from a frame to its sky, sigma image and PSF stars.
 
 def frame_sky(image, *, fwhm, order, nsigma=3.0, max_grow=100.0, method="poly", box=64, regions=None,
-              label="frame"):
+              label="frame", bad=None):
     """The sky of a whole frame: sources kept out (:func:`gsprep.sky_mask`), then :func:`gsprep.fit_sky`.
+
+    ``bad`` (frame-sized bool, optional): pixels kept out of the fit too
+    (DQ-bad, no valid noise, user-masked).
 
     Warns (:class:`gsprep.sky.SkyResidualWarning`) when the residual is far
     above the pixel-to-pixel noise.  Returns ``(SkyFit, keep_out)``.
     """
     keep_out = sky_mask(image.data, fwhm=fwhm, nsigma=nsigma, max_grow=max_grow)
+    if bad is not None:
+        keep_out = keep_out | bad
     sky = fit_sky(image.data, keep_out, order=order, method=method, box=box, regions=regions)
     sky_residual_check(image.data, sky, keep_out, label=label)
     return sky, keep_out
@@ -393,21 +579,54 @@ def frame_psf_stars(image, clean, sigma, sky, *, fwhm, nsigma, npixels, stamp_si
     return stars, extract_stamps(clean, sigma, stars, stamp_size, segmentation=seg)
 
 
-def _band_after_sky(image, target, config, spec, sky, exptime, gain, band):
-    """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``."""
+def _fill_sigma(sig, where, good):
+    """``sig`` with ``where`` set to 1e4 x the largest sigma at ``good`` pixels (finite, never 0: GalfitS divides)."""
+    ok = good & np.isfinite(sig) & (sig > 0)
+    fill = 1e4 * float(np.max(sig[ok])) if ok.any() else 1e30
+    return np.where(where, fill, sig)
+
+
+def _excluded(maps):
+    """Frame pixels kept out of the sky fit: no valid noise, DQ-bad, user-masked (None without maps)."""
+    return None if maps is None else maps.bad | maps.user
+
+
+def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=None):
+    """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``.
+
+    ``maps`` (:class:`BandMaps`): the noise map replaces the computed sigma
+    image; its invalid pixels and DQ-bad ones get mask bit ``BAD``, the user
+    mask bit ``USER``; masked ``BAD`` pixels are written with a large finite
+    sigma.
+    """
     clean = image.data - sky.background
     cut = cutout(clean, r=config.r, **target)
-    sig_full = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
+    if maps is not None and maps.sigma is not None:
+        sig_full = maps.sigma
+    else:
+        sig_full = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
+    bad_cut = user_cut = np.zeros(cut.data.shape[-2:], bool)
+    if maps is not None:
+        sig_full = np.where(maps.bad, np.nan, sig_full)
+        bad_cut = _sub(maps.bad.astype(float), cut) > 0  # NaN (off the frame) is False
+        user_cut = _sub(maps.user.astype(float), cut) > 0
     sig = _sub(sig_full, cut)
     try:
         mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
                            deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
-                           bad=~(sig > 0), require_target=config.require_target)
+                           bad=~(sig > 0) | user_cut, require_target=config.require_target)
     except TargetNotFoundError:
         msg = (f"the target was not detected at the centre of the cutout (mask_nsigma={config.mask_nsigma:g}, "
                f"mask_npixels={config.mask_npixels}); lower mask_nsigma or mask_npixels in [options] of the "
                "config, or set require_target = false there to mask every detected source and go on")
         raise TargetNotFoundError(msg) from None
+    if maps is not None:
+        bits = mask.bits
+        bits[bad_cut] |= BAD
+        bits[bad_cut & ~user_cut] &= ~USER  # masked for want of noise / by DQ, not by the user
+        bits[user_cut] |= USER
+        sig = _fill_sigma(sig, bad_cut, mask.mask == 0)
+        sig_full = _fill_sigma(sig_full, maps.bad, ~maps.bad)
     stars = stamps = None
     if config.psf:
         stars, stamps = frame_psf_stars(image, clean, sig_full, sky, fwhm=spec.fwhm, nsigma=config.star_nsigma,
@@ -416,20 +635,24 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band):
     return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps)
 
 
-def prepare_band(image, ra, dec, config, spec, *, band="band"):
+def prepare_band(image, ra, dec, config, spec, *, band="band", maps=None):
     """Run every stage on one band and return its products (pure: nothing is written).
 
     Sky (source mask + polynomial), cutout of the sky-subtracted frame, sigma
     image, mask, PSF stars (find, select, stamps) and the PSF.  With
     ``ra = dec = None`` the target is ``config.x, config.y`` (0-based
-    pixels; a frame without a WCS needs ``spec.pixel_scale``).
+    pixels; a frame without a WCS needs ``spec.pixel_scale``).  ``maps``:
+    the band's :class:`BandMaps` (default: read from ``spec``'s noise, dq
+    and user_mask keys).
     """
     exptime, gain = _band_inputs(image, spec, band)
+    if maps is None:
+        maps = _in_section(f"bands.{band}", lambda: _band_maps(spec, image))
     target = _cut_target(image, spec, band, ra, dec, _pixel_target(ra, dec, config), config=config)
     sky, _ = frame_sky(image, fwhm=spec.fwhm, order=config.sky_order, nsigma=config.sky_nsigma,
                        max_grow=config.max_grow, method=config.sky_method, box=config.sky_box,
-                       regions=config.sky_regions, label=f"band {band}")
-    p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band)
+                       regions=config.sky_regions, label=f"band {band}", bad=_excluded(maps))
+    p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps)
     if p.stamps is None:
         return p
     return dataclasses.replace(p, psf=fit_epsf(p.stamps, oversampling=config.oversampling))
@@ -505,7 +728,7 @@ def _psfs(stamps, oversampling):
     return out
 
 
-def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"):
+def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto", maps=None):
     """Prepare one target in every band.
 
     Parameters
@@ -527,6 +750,9 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         one ``fit_sky`` call over B frames ran about 2x slower than B calls
         (``benchmarks/bench_bands.py``).  The products are the same either
         way, to float32 rounding (about 1e-4 of the PSF peak).
+    maps : dict of str -> BandMaps or None, optional
+        From :func:`read_band_maps` (default: read here, before any work;
+        a bad map raises ``ValueError`` ``config: [bands.NAME] ...``).
 
     Returns
     -------
@@ -544,6 +770,8 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         msg = f"stack_bands must be 'auto', True or False, got {stack_bands!r}"
         raise ValueError(msg)
     pixel = _pixel_target(ra, dec, config)
+    if maps is None:
+        maps = read_band_maps(config, images)
     no_wcs = [b for b, im in images.items() if isinstance(im, Image) and im.wcs is None]
     use_wcs = not no_wcs
     if pixel is not None and no_wcs and len(no_wcs) < len(images):
@@ -555,7 +783,8 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
             try:
                 if not use_wcs and image.wcs is not None:  # mixed frames: cut by pixels, as the others
                     image = dataclasses.replace(image, wcs=None)
-                out[band] = prepare_band(image, ra, dec, config, config.bands[band], band=band)
+                out[band] = prepare_band(image, ra, dec, config, config.bands[band], band=band,
+                                         maps=maps.get(band))
             except errors as exc:
                 out[band] = BandProducts(band=band, error=str(exc))
         return out
@@ -565,6 +794,8 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
             inputs[band] = _band_inputs(image, config.bands[band], band)
             targets[band] = _cut_target(image, config.bands[band], band, ra, dec, pixel, use_wcs, config)
             keep_out[band] = _band_sky_mask(image, config, config.bands[band])
+            if maps.get(band) is not None:
+                keep_out[band] = keep_out[band] | _excluded(maps[band])
         except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
             inputs.pop(band, None)
@@ -585,7 +816,7 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         say(f"{band}: cutout, sigma, mask, stars")
         try:
             partial[band] = _band_after_sky(images[band], targets[band], config, config.bands[band], skies[band],
-                                            *inputs[band], band)
+                                            *inputs[band], band, maps.get(band))
         except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
     with_stamps = {b: p.stamps for b, p in partial.items() if p.stamps is not None}
@@ -645,6 +876,14 @@ def check_out_dir(config, out_dir, *, figures=True, overwrite=False):
         raise FileExistsError(msg)
 
 
+def _sigma_form(spec):
+    """The SIGFORM header value: the computed formula, or the noise map's kind."""
+    if spec.noise is None and spec.noise_hdu is None:
+        return "sqrt(|d+s|/(g t)+rms^2)"
+    return {"rms": "noise map: rms", "variance": "noise map: sqrt(var)"}.get(spec.noise_kind,
+                                                                            f"noise map: 1/sqrt({spec.noise_kind})")
+
+
 def write_products(products, config, images, out_dir, *, figures=True, overwrite=False):
     """Write per band the cutout file, PSF file, figures, and the GalfitS image blocks.
 
@@ -669,7 +908,7 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
             warnings.simplefilter("ignore", StandInWCSWarning)  # said once for every band, below
             write_cutout(cut_file, p.cutout, p.mask, p.sigma, header=images[band].header, overwrite=overwrite,
                          provenance={"SKYORD": (p.sky.order, "sky polynomial order"),
-                                     "SIGFORM": ("sqrt(|d+s|/(g t)+rms^2)", "sigma image formula"),
+                                     "SIGFORM": (_sigma_form(spec), "sigma image formula"),
                                      "MASKNSIG": (config.mask_nsigma, "mask detection threshold"),
                                      "BAND": band})
         files.append(cut_file)
@@ -773,7 +1012,8 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False)
     """
     check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
     images, read_errors = read_bands(config)
-    products = prepare_target(images, config.ra, config.dec, config, progress=progress) if images else {}
+    maps = read_band_maps(config, images)  # a bad noise / DQ / mask map stops here, before any work
+    products = prepare_target(images, config.ra, config.dec, config, progress=progress, maps=maps) if images else {}
     written = write_products(products, config, images, out_dir, figures=figures, overwrite=overwrite)
     errors = {}
     for band in config.bands:
