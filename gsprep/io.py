@@ -367,6 +367,14 @@ def write_cutout(path, cutout, mask, sigma, *, header=None, overwrite=False, pro
     for key, value in (provenance or {}).items():
         hdr[key.upper()] = value
 
+    # pixels off the parent frame (masked) are written finite: data 0, sigma a large finite value (GalfitS
+    # divides by sigma, so never 0 or NaN there either); every other masked pixel keeps what it has
+    off = np.broadcast_to(np.asarray(cutout.off_frame, bool), data.shape) & masked
+    if off.any():
+        data = np.where(off, 0.0, data)
+        ok = ~masked & np.isfinite(sigma) & (sigma > 0)
+        big = 1e4 * float(np.max(sigma[ok])) if ok.any() else 1e30
+        sigma = np.where(off & ~(np.isfinite(sigma) & (sigma > 0)), big, sigma)
     sci = fits.PrimaryHDU(data.astype(np.float32), header=hdr)
     sci.header["EXTNAME"] = "SCI"
     mhdu = fits.ImageHDU(masked.astype(np.uint8), name="MASK")

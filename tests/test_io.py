@@ -165,3 +165,21 @@ def test_header_fixes_come_as_one_warning_naming_the_frame():
     assert msg.startswith(data_path("dss.14.29.56-62.41.05.fits.gz") + ": astropy fixed")
     assert "SKEW" in msg and "DATE-OBS" in msg and "zero-based indexing" not in msg
     assert caught[0].filename == __file__  # points at the caller's line
+
+
+def test_off_frame_pixels_are_written_finite(tmp_path):
+    """A cut hanging off the frame: its off-frame pixels are masked and written finite (data 0, sigma large)."""
+    from gsprep.simulate import tan_wcs
+
+    w = tan_wcs(150.1, 2.2, (60, 60), 0.4)
+    ra, dec = w.pixel_to_world_values(3.0, 30.0)  # 3 px from the left edge
+    c = gsprep.cutout(np.ones((60, 60)), w, float(ra), float(dec), 4.0)
+    assert c.off_frame.any() and np.isnan(c.data[c.off_frame]).all()
+    sigma = np.where(c.off_frame, np.nan, 1.0)
+    out = tmp_path / "c.fits"
+    gsprep.write_cutout(out, c, c.off_frame, sigma)
+    with fits.open(out) as h:
+        sci, msk, sig = h[0].data, h[1].data, h[2].data
+    assert np.all(np.isfinite(sci)) and np.all(sci[c.off_frame] == 0) and np.all(sci[~c.off_frame] == 1)
+    assert np.all(np.isfinite(sig)) and np.all(sig > 0) and np.all(sig[~c.off_frame] == 1)
+    assert np.all(msk[c.off_frame] == 1)
