@@ -2,76 +2,38 @@
 
 ``prepare_target`` is pure (images in, products out); ``write_products``
 writes per band the cutout file, the PSF file, figures and a GalfitS image
-block; ``load_config`` reads the TOML file ``gsprep prepare`` takes.
+block; ``load_config`` reads the TOML file ``gsprep prepare`` takes.  The
+configuration lives in :mod:`gsprep.config` and the writing in
+:mod:`gsprep.products`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import tomllib
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
 
-from ._checks import check_choice, check_integer, check_nonnegative, check_number, check_positive, check_ra_dec
-from .cutouts import Cutout, cutout
-from .galfits import galfits_filter, header_zeropoint, image_block, lyric_text
-from .psf import EPSFResult, fit_epsf
 from ._bits import BAD, USER
-from .io import Image, atomic_write, read_image, read_map, write_cutout, write_psf
+from .cutouts import Cutout, cutout
+from .io import Image, read_image, read_map
 from .masks import Mask, TargetNotFoundError, cutout_mask
-from .noise import NOISE_KINDS, sigma_from_map, sigma_image
+from .noise import sigma_from_map, sigma_image
+from .psf import EPSFResult, fit_epsf
 from .sky import SkyFit, fit_sky, sky_mask, sky_residual_check
-from .wcs import STANDIN_CRVAL, StandInWCSWarning
-from .stars import StarCriteria, Stamps, extract_stamps, find_stars, select_stars
+from .stars import Stamps, extract_stamps, find_stars, select_stars
+
+# re-exported: the configuration and the writing have modules of their own
+from .config import BandSpec, PrepareConfig, _in_section, _split_ref, load_config  # noqa: F401
+from .products import check_out_dir, galfits_block, product_paths, write_products  # noqa: F401
 
 __all__ = ["BandSpec", "PrepareConfig", "BandProducts", "TargetRun", "load_config", "read_bands", "prepare_band",
            "prepare_target", "read_band_maps", "BandMaps", "write_products", "run_target", "galfits_block",
            "product_paths", "check_out_dir",
            "frame_sky", "frame_sigma", "frame_psf_stars"]
-
-
-@dataclass(frozen=True)
-class BandSpec:
-    """One band of a target: where its frame is and what the PSF is like.
-
-    ``fwhm`` is the PSF FWHM in pixels (detection smoothing); ``zeropoint``
-    the AB magnitude zero point (default: from the header, see
-    :func:`gsprep.galfits.header_zeropoint`); ``filter`` GalfitS's name of
-    the band (``Ia2``; default: from the band key or the header, see
-    :func:`gsprep.galfits.galfits_filter`); ``pixel_scale`` (arcsec/pixel)
-    is required for a frame without a WCS and overrides the WCS's scale in
-    the half-size rule otherwise.
-
-    Noise and bad pixels (see the guide, "Noise maps, DQ and user masks"):
-    ``noise = "FILE[EXT]"`` (another file; ``[EXT]`` an HDU index or EXTNAME,
-    default 0) or ``noise_hdu = EXT`` (another HDU of ``file``) with
-    ``noise_kind`` one of ``"rms"``, ``"variance"``, ``"ivar"``,
-    ``"weight"`` replaces the computed sigma image; ``dq = "FILE[EXT]"`` or
-    ``dq_hdu = EXT`` with ``dq_bad = [bit values]`` (default: any nonzero DQ
-    is bad) and ``user_mask = "FILE[EXT]"`` (nonzero = masked) mask pixels.
-    """
-
-    file: str
-    fwhm: float
-    hdu: int | str = 0
-    unit: str = "cR"
-    zeropoint: float | None = None
-    exptime: float | None = None
-    gain: float | None = None
-    filter: str | None = None
-    pixel_scale: float | None = None
-    noise: str | None = None
-    noise_hdu: int | str | None = None
-    noise_kind: str | None = None
-    dq: str | None = None
-    dq_hdu: int | str | None = None
-    dq_bad: tuple | None = None
-    user_mask: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,42 +51,6 @@ class BandMaps:
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
-    """Everything ``prepare_target`` needs besides the images (see docs/guide.md for the TOML).
-
-    The target is ``ra, dec`` (ICRS degrees) or, with ``ra = dec = None``,
-    ``x, y`` (0-based frame pixels, for frames without a WCS).
-    """
-
-    name: str
-    ra: float | None
-    dec: float | None
-    r: float
-    bands: dict
-    sky_order: int = 3
-    sky_method: str = "poly"
-    sky_box: int = 64
-    sky_regions: tuple | None = None
-    sky_nsigma: float = 3.0
-    mask_nsigma: float = 3.0
-    mask_npixels: int = 5
-    deblend: bool = True
-    max_grow: float = 100.0
-    addgrow: float = 0.0
-    star_nsigma: float = 5.0
-    star_npixels: int = 10
-    stamp_size: int = 25
-    oversampling: int = 2
-    psf: bool = True
-    require_target: bool = True
-    lyric_psf: str = "native"
-    redshift: float | None = None
-    criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
-    x: float | None = None
-    y: float | None = None
-
-
-@dataclass(frozen=True)
 class BandProducts:
     """What ``prepare_band`` returns for one band (``error`` set when the band was skipped)."""
 
@@ -137,264 +63,6 @@ class BandProducts:
     stamps: Stamps | None = None
     psf: EPSFResult | None = None
     error: str | None = None
-
-
-_TARGET_KEYS = {"name", "ra", "dec", "x", "y", "r", "redshift"}
-_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "x", "y", "r", "bands", "criteria",
-                                                         "redshift"}
-_BAND_KEYS = {f.name for f in fields(BandSpec)}
-_CRITERIA_KEYS = {f.name for f in fields(StarCriteria)}
-
-
-def _unknown(section, got, allowed):
-    extra = sorted(set(got) - set(allowed))
-    if extra:
-        msg = f"config: unknown key(s) {extra} in [{section}]; allowed: {sorted(allowed)}"
-        raise ValueError(msg)
-
-
-def load_config(path, *, batch=False):
-    """Read a ``gsprep prepare`` TOML file; unknown sections or keys are errors.
-
-    Relative frame paths are taken relative to the config file's folder.
-    With ``batch=True`` (the ``gsprep batch`` config) the targets come from a
-    table, so ``[target]`` may hold only ``r`` (the default half-size, arcsec)
-    and band files may be templates such as ``"frames/{name}_g.fits"``
-    filled from each target's row; the returned config has ``name=""`` and
-    NaN coordinates (and NaN ``r`` when none is given).
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        msg = f"config: no such file {path!r}"
-        raise FileNotFoundError(msg)
-    with open(path, "rb") as f:
-        try:
-            raw = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            msg = f"config: {path!r} is not valid TOML ({exc})"
-            raise ValueError(msg) from None
-    _unknown("top level", raw, {"target", "options", "criteria", "bands"})
-    target = raw.get("target")
-    if batch:
-        target = dict(target or {})
-        if {"name", "ra", "dec", "x", "y"} & set(target):
-            msg = ("config: a batch config takes name, ra and dec from the targets table (or name, x and y, in "
-                   "pixels); [target] may hold only r (default half-size, arcsec)")
-            raise ValueError(msg)
-        _unknown("target", target, {"r"})
-        target = {"name": "", "ra": np.nan, "dec": np.nan, "r": target.get("r", np.nan)}
-    else:
-        if not isinstance(target, dict) or not target:
-            msg = ("config: [target] needs ra, dec (ICRS degrees) or x, y (0-based pixels, for frames without "
-                   "a WCS) and r (half-size, arcsec)")
-            raise ValueError(msg)
-        _unknown("target", target, _TARGET_KEYS)
-        _target_keys(target)
-    options = raw.get("options", {})
-    _unknown("options", options, _OPTION_KEYS)
-    crit = raw.get("criteria", {})
-    _unknown("criteria", crit, _CRITERIA_KEYS)
-    crit.setdefault("size", options.get("stamp_size", 25))
-    bands_raw = raw.get("bands")
-    if not bands_raw:
-        msg = "config: no [bands.NAME] section; list at least one band with file and fwhm"
-        raise ValueError(msg)
-    here = os.path.dirname(os.path.abspath(path))
-    bands = {}
-    for name, spec in bands_raw.items():
-        if not isinstance(spec, dict):
-            msg = f"config: [bands.{name}] must be a table with file and fwhm"
-            raise ValueError(msg)
-        _unknown(f"bands.{name}", spec, _BAND_KEYS)
-        if "file" not in spec or "fwhm" not in spec:
-            msg = f"config: [bands.{name}] needs file and fwhm (pixels)"
-            raise ValueError(msg)
-        spec = dict(spec)
-        if not isinstance(spec["file"], str):
-            msg = f"config: [bands.{name}] file must be a path (a string), got {spec['file']!r}"
-            raise ValueError(msg)
-        if not os.path.isabs(spec["file"]):
-            spec["file"] = os.path.join(here, spec["file"])
-        for key in ("noise", "dq", "user_mask"):
-            if key in spec:
-                spec[key] = _in_section(f"bands.{name}", lambda key=key, spec=spec: _map_ref(key, spec[key], here))
-        bands[name] = _in_section(f"bands.{name}", lambda spec=spec: _checked_band(BandSpec(**spec)))
-    options = _in_section("options", lambda: _checked_options(options))
-    criteria = _in_section("criteria", lambda: StarCriteria(**crit))
-    if batch:
-        r = target["r"]
-        r = float(r) if isinstance(r, float) and np.isnan(r) else _in_section("target", lambda: check_positive("r", r))
-        ra = dec = float("nan")
-    else:
-        r = _in_section("target", lambda: check_positive("r", target["r"]))
-    x = y = None
-    if not batch and "x" in target:
-        ra = dec = None
-        x = _in_section("target", lambda: check_number("x", target["x"]))
-        y = _in_section("target", lambda: check_number("y", target["y"]))
-    elif not batch:
-        ra, dec = _in_section("target", lambda: check_ra_dec(target["ra"], target["dec"]))
-    z = target.get("redshift")
-    z = None if z is None else _in_section("target", lambda: check_nonnegative("redshift", z))
-    return PrepareConfig(name=str(target.get("name", "target")), ra=ra, dec=dec, r=r, bands=bands,
-                         criteria=criteria, redshift=z, x=x, y=y, **options)
-
-
-def _target_keys(target):
-    """``[target]`` holds r and exactly one of the pairs ``ra, dec`` and ``x, y``."""
-    keys = set(target)
-    sky, pix = keys & {"ra", "dec"}, keys & {"x", "y"}
-    if sky and pix:
-        msg = ("config: [target] takes ra, dec (ICRS degrees) or x, y (0-based pixels, for frames without a "
-               f"WCS), not both; it has {sorted(sky | pix)}")
-        raise ValueError(msg)
-    if sky != {"ra", "dec"} and pix != {"x", "y"}:
-        have = sorted(sky | pix)
-        msg = ("config: [target] needs ra and dec (ICRS degrees) or x and y (0-based pixels, for frames without "
-               "a WCS)" + (f"; it has only {have}" if have else ""))
-        raise ValueError(msg)
-    if "r" not in keys:
-        msg = "config: [target] needs r (half-size, arcsec)"
-        raise ValueError(msg)
-
-
-def _in_section(section, make):
-    """``make()``, its argument errors restated as ``config: [section] ...`` (they name the TOML key)."""
-    try:
-        return make()
-    except (TypeError, ValueError) as exc:
-        msg = f"config: [{section}] {exc}"
-        raise ValueError(msg) from None
-
-
-_OPTION_CHECKS = {
-    "sky_order": lambda v: check_integer("sky_order", v, lower=0, upper=12),
-    "sky_nsigma": lambda v: check_positive("sky_nsigma", v),
-    "mask_nsigma": lambda v: check_positive("mask_nsigma", v),
-    "mask_npixels": lambda v: check_integer("mask_npixels", v, lower=1),
-    "max_grow": lambda v: check_nonnegative("max_grow", v),
-    "addgrow": lambda v: check_nonnegative("addgrow", v),
-    "star_nsigma": lambda v: check_positive("star_nsigma", v),
-    "star_npixels": lambda v: check_integer("star_npixels", v, lower=1),
-    "stamp_size": lambda v: check_integer("stamp_size", v, lower=3, odd=True),
-    "oversampling": lambda v: check_integer("oversampling", v, lower=1, upper=16),
-    "lyric_psf": lambda v: check_choice("lyric_psf", v, ("native", "oversampled")),
-    "sky_method": lambda v: check_choice("sky_method", v, ("poly", "mesh")),
-    "sky_box": lambda v: check_integer("sky_box", v, lower=4),
-    "sky_regions": lambda v: _checked_regions(v),
-}
-
-
-def _checked_regions(v):
-    """``sky_regions``: a list of ``[x0, x1, y0, y1]`` boxes (0-based pixels, end excluded)."""
-    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
-        isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(q, int) and not isinstance(q, bool) for q in b)
-        for b in v)
-    if not ok:
-        msg = f"sky_regions must be a list of [x0, x1, y0, y1] integer boxes, got {v!r}"
-        raise TypeError(msg)
-    return tuple(tuple(b) for b in v)
-
-
-def _checked_options(options):
-    out = {}
-    for key, value in options.items():
-        if key in _OPTION_CHECKS:
-            out[key] = _OPTION_CHECKS[key](value)
-        elif isinstance(value, bool):  # deblend, psf, require_target
-            out[key] = value
-        else:
-            msg = f"{key} must be true or false, got {value!r}"
-            raise TypeError(msg)
-    return out
-
-
-def _checked_band(spec):
-    """A band's values checked (the TOML keys are the field names)."""
-    check_positive("fwhm", spec.fwhm)
-    check_choice("unit", spec.unit, ("cR", "counts"))
-    if spec.filter is not None and not (isinstance(spec.filter, str) and spec.filter.strip()):
-        msg = f"filter must be a GalfitS filter name (a string such as 'sloan_g'), got {spec.filter!r}"
-        raise TypeError(msg)
-    if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
-        msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
-        raise TypeError(msg)
-    spec = _checked_maps(spec)
-    return dataclasses.replace(spec, fwhm=float(spec.fwhm),
-                               exptime=check_positive("exptime", spec.exptime, allow_none=True),
-                               gain=check_positive("gain", spec.gain, allow_none=True),
-                               pixel_scale=check_positive("pixel_scale", spec.pixel_scale, allow_none=True),
-                               zeropoint=check_number("zeropoint", spec.zeropoint, allow_none=True))
-
-
-_REF = re.compile(r"^(?P<path>.*?)\[(?P<ext>[^\[\]]*)\]$")
-
-
-def _split_ref(ref):
-    """``"FILE[EXT]"`` -> ``(FILE, EXT)`` (EXT an int when it is digits); ``"FILE"`` -> ``(FILE, 0)``."""
-    m = _REF.match(ref)
-    if not m:
-        return ref, 0
-    ext = m["ext"].strip()
-    return m["path"], int(ext) if ext.isdigit() else ext
-
-
-def _map_ref(key, value, here):
-    """A ``noise``, ``dq`` or ``user_mask`` value checked, its path made absolute (relative to the config)."""
-    if not isinstance(value, str) or not value.strip():
-        msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
-        raise TypeError(msg)
-    path, ext = _split_ref(value)
-    if not path or ext == "":
-        msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
-        raise ValueError(msg)
-    if not os.path.isabs(path):
-        path = os.path.join(here, path)
-    return f"{path}[{ext}]" if _REF.match(value) else path
-
-
-def _checked_hdu(key, value):
-    if value is not None and (not isinstance(value, (int, str)) or isinstance(value, bool)):
-        msg = f"{key} must be an HDU index or EXTNAME, got {value!r}"
-        raise TypeError(msg)
-
-
-def _checked_maps(spec):
-    """The noise, DQ and user-mask keys of a band checked (not read: see ``read_band_maps``)."""
-    for key in ("noise", "dq", "user_mask"):
-        value = getattr(spec, key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
-            raise TypeError(msg)
-    for key in ("noise_hdu", "dq_hdu"):
-        _checked_hdu(key, getattr(spec, key))
-    if spec.noise is not None and spec.noise_hdu is not None:
-        msg = "give noise (another file, \"FILE[EXT]\") or noise_hdu (an HDU of file), not both"
-        raise ValueError(msg)
-    if spec.dq is not None and spec.dq_hdu is not None:
-        msg = "give dq (another file, \"FILE[EXT]\") or dq_hdu (an HDU of file), not both"
-        raise ValueError(msg)
-    has_noise = spec.noise is not None or spec.noise_hdu is not None
-    if has_noise and spec.noise_kind is None:
-        msg = f"a noise map needs noise_kind, one of {list(NOISE_KINDS)} (what its pixels hold)"
-        raise ValueError(msg)
-    if spec.noise_kind is not None:
-        if not has_noise:
-            msg = "noise_kind is set but no noise map: give noise = \"FILE[EXT]\" or noise_hdu = EXT"
-            raise ValueError(msg)
-        check_choice("noise_kind", spec.noise_kind, tuple(NOISE_KINDS))
-    dq_bad = spec.dq_bad
-    if dq_bad is not None:
-        if spec.dq is None and spec.dq_hdu is None:
-            msg = "dq_bad is set but no DQ map: give dq = \"FILE[EXT]\" or dq_hdu = EXT"
-            raise ValueError(msg)
-        ok = (isinstance(dq_bad, (list, tuple)) and len(dq_bad) > 0
-              and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in dq_bad))
-        if not ok:
-            msg = f"dq_bad must be a list of DQ bit values (positive integers, e.g. [1, 4, 16]), got {dq_bad!r}"
-            raise TypeError(msg)
-        dq_bad = tuple(dq_bad)
-    return dataclasses.replace(spec, dq_bad=dq_bad)
 
 
 def _band_map(spec, key, image):
@@ -833,144 +501,6 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     return {b: out[b] for b in images}
 
 
-def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=None, unit="cR"):
-    """The ``Ia1)`` ... ``Ia15)`` image lines of one band (see :func:`gsprep.galfits.image_block`).
-
-    ``psf_file`` None: no PSF line.  The PSF named is the native-pixel one
-    (``Ia5) 1``; HDU 2 ``NATIVE`` of an oversampled PSF file).
-    """
-    from .galfits import galfits_filter, image_block
-
-    ref = None if psf_file is None else (psf_file, 2 if oversampling > 1 else 0)
-    name, _ = galfits_filter(band)
-    return image_block(letter, band, cut_file=cut_file, psf_ref=ref, psf_sampling=1, r=r, filter_name=name,
-                       zeropoint=zeropoint, unit=unit)
-
-
-def product_paths(config, out_dir, *, figures=True):
-    """Every file ``write_products`` may write for ``config`` in ``out_dir`` (whether or not it exists)."""
-    stem = os.path.join(out_dir, config.name)
-    paths = [f"{stem}_images.lyric"]
-    if figures:
-        paths.append(f"{stem}_psfs.png")
-    for band in config.bands:
-        paths += [f"{stem}_{band}.fits", f"{stem}_{band}_psf.fits"]
-        if figures:
-            paths += [f"{stem}_{band}_{fig}.png" for fig in ("sky", "cutout", "funnel", "stars", "psf")]
-    return paths
-
-
-def check_out_dir(config, out_dir, *, figures=True, overwrite=False):
-    """Refuse, before any work, an ``out_dir`` that already holds products of this target (unless ``overwrite``)."""
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        msg = f"out: {out_dir!r} exists and is not a folder"
-        raise NotADirectoryError(msg)
-    if overwrite:
-        return
-    there = [os.path.basename(p) for p in product_paths(config, out_dir, figures=figures) if os.path.exists(p)]
-    if there:
-        more = f" and {len(there) - 3} more" if len(there) > 3 else ""
-        msg = (f"out: {out_dir!r} already holds products of {config.name} ({', '.join(there[:3])}{more}); "
-               "pass overwrite=True to replace them")
-        raise FileExistsError(msg)
-
-
-def _sigma_form(spec):
-    """The SIGFORM header value: the computed formula, or the noise map's kind."""
-    if spec.noise is None and spec.noise_hdu is None:
-        return "sqrt(|d+s|/(g t)+rms^2)"
-    return {"rms": "noise map: rms", "variance": "noise map: sqrt(var)"}.get(spec.noise_kind,
-                                                                            f"noise map: 1/sqrt({spec.noise_kind})")
-
-
-def write_products(products, config, images, out_dir, *, figures=True, overwrite=False):
-    """Write per band the cutout file, PSF file, figures, and the GalfitS image blocks.
-
-    Returns a dict band -> list of written paths (or the band's error), and
-    writes ``<name>_images.lyric`` with the image blocks of the bands that
-    were prepared.  Existing products are kept (``FileExistsError``) unless
-    ``overwrite``.
-    """
-    check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
-    os.makedirs(out_dir, exist_ok=True)
-    written = {}
-    blocks = {}
-    letters = iter("abcdefghijklmnopqrstuvwxyz")
-    for band, p in products.items():
-        if p.error:
-            written[band] = p.error
-            continue
-        files = []
-        spec = config.bands[band]
-        cut_file = os.path.join(out_dir, f"{config.name}_{band}.fits")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", StandInWCSWarning)  # said once for every band, below
-            write_cutout(cut_file, p.cutout, p.mask, p.sigma, header=images[band].header, overwrite=overwrite,
-                         provenance={"SKYORD": (p.sky.order, "sky polynomial order"),
-                                     "SIGFORM": (_sigma_form(spec), "sigma image formula"),
-                                     "MASKNSIG": (config.mask_nsigma, "mask detection threshold"),
-                                     "BAND": band})
-        files.append(cut_file)
-        psf_file = os.path.join(out_dir, f"{config.name}_{band}_psf.fits")
-        psf_ref = None
-        if p.psf is not None:
-            sel = p.stars[np.asarray(p.stars["selected"], bool)]
-            write_psf(psf_file, p.psf, stars=sel["id", "x", "y"], overwrite=overwrite)
-            files.append(psf_file)
-            k = int(p.psf.oversampling)
-            # GalfitS: the native-pixel PSF by default (HDU 2 NATIVE), the centred oversampled one (HDU 3 FINE)
-            # on request; with k = 1 the primary HDU is both
-            if k == 1:
-                psf_ref, sampling = (os.path.basename(psf_file), 0), 1
-            elif config.lyric_psf == "oversampled":
-                psf_ref, sampling = (os.path.basename(psf_file), 3), k
-            else:
-                psf_ref, sampling = (os.path.basename(psf_file), 2), 1
-        header = images[band].header
-        filt, _how = galfits_filter(band, header, spec.filter)
-        if filt is None:
-            warnings.warn(f"band {band!r}: no GalfitS filter name (set filter = \"...\" in [bands.{band}], "
-                          "e.g. \"sloan_g\"); its image block has Ia2) "
-                          f"{band} and Ia15) 0 (no SED)", stacklevel=2)
-        zp = spec.zeropoint
-        if zp is None:
-            zp, _ = header_zeropoint(header)
-        letter = next(letters)
-        blocks[letter] = image_block(letter, band, cut_file=os.path.basename(cut_file), psf_ref=psf_ref,
-                                     psf_sampling=sampling if psf_ref else 1, r=config.r, filter_name=filt,
-                                     zeropoint=zp, unit=spec.unit)
-        if figures:
-            files += _figures(p, images[band], out_dir, f"{config.name}_{band}")
-        written[band] = files
-    if figures and any(p.psf is not None for p in products.values() if not p.error):
-        from .plots import fig_psfs
-
-        path = os.path.join(out_dir, f"{config.name}_psfs.png")
-        fig_psfs({b: p.psf for b, p in products.items() if not p.error and p.psf is not None}, save=path)
-    done = {b: p for b, p in products.items() if not p.error}
-    standin = [b for b, p in done.items() if p.cutout.wcs is None]
-    if standin:
-        warnings.warn(f"band(s) {', '.join(standin)}: no WCS; the cutout files carry a stand-in TAN WCS (WCSFAKE = T) "
-                      f"with the target at RA, Dec = {STANDIN_CRVAL} (the .lyric's R2): sky positions are not real",
-                      StandInWCSWarning, stacklevel=2)
-    if blocks:
-        lyric = os.path.join(out_dir, f"{config.name}_images.lyric")
-        scales = {round(float(p.cutout.pixel_scale), 6) for p in done.values()}
-        if standin:
-            ra, dec = STANDIN_CRVAL
-        elif config.ra is not None:
-            ra, dec = config.ra, config.dec
-        else:  # target in pixels, every frame with a WCS: its sky position from the first band's WCS
-            first = next(iter(done.values())).cutout
-            ra, dec = first.ra, first.dec
-        text = lyric_text(config.name, ra, dec, blocks, redshift=config.redshift, same_pixels=len(scales) == 1,
-                          standin=bool(standin))
-        with atomic_write(lyric, overwrite=overwrite) as tmp, open(tmp, "w") as f:
-            f.write(text)
-    return written
-
-
 def read_bands(config):
     """Open every band's frame; returns ``(images, errors)``, dicts keyed by band.
 
@@ -1022,23 +552,3 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False)
         elif isinstance(written.get(band), str):
             errors[band] = written[band]
     return TargetRun(products=products, written=written, errors=errors)
-
-
-def _figures(p, image, out_dir, stem):
-    from .plots import fig_cutout, fig_funnel, fig_psf, fig_sky, fig_stars
-
-    paths = []
-
-    def save(fn, name, *args, **kw):
-        path = os.path.join(out_dir, f"{stem}_{name}.png")
-        fn(*args, save=path, **kw)
-        paths.append(path)
-
-    save(fig_sky, "sky", image.data, p.sky.background, rms=float(np.mean(p.sky.rms)), unit=image.unit,
-         title=f"{stem}: sky subtraction")
-    save(fig_cutout, "cutout", p.cutout, p.mask, unit=image.unit, title=f"{stem}: cutout and mask")
-    if p.psf is not None:
-        save(fig_funnel, "funnel", p.stars, title=f"{stem}: PSF star selection")
-        save(fig_stars, "stars", p.stamps, p.psf, title=f"{stem}: PSF stars, model, residual")
-        save(fig_psf, "psf", p.psf, title=f"{stem}: PSF")
-    return paths

@@ -1,0 +1,350 @@
+"""The ``gsprep prepare`` / ``gsprep batch`` configuration: the TOML schema, read and checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ._checks import check_choice, check_integer, check_nonnegative, check_number, check_positive, check_ra_dec
+from .noise import NOISE_KINDS
+from .stars import StarCriteria
+
+__all__ = ["BandSpec", "PrepareConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class BandSpec:
+    """One band of a target: where its frame is and what the PSF is like.
+
+    ``fwhm`` is the PSF FWHM in pixels (detection smoothing); ``zeropoint``
+    the AB magnitude zero point (default: from the header, see
+    :func:`gsprep.galfits.header_zeropoint`); ``filter`` GalfitS's name of
+    the band (``Ia2``; default: from the band key or the header, see
+    :func:`gsprep.galfits.galfits_filter`); ``pixel_scale`` (arcsec/pixel)
+    is required for a frame without a WCS and overrides the WCS's scale in
+    the half-size rule otherwise.
+
+    Noise and bad pixels (see the guide, "Noise maps, DQ and user masks"):
+    ``noise = "FILE[EXT]"`` (another file; ``[EXT]`` an HDU index or EXTNAME,
+    default 0) or ``noise_hdu = EXT`` (another HDU of ``file``) with
+    ``noise_kind`` one of ``"rms"``, ``"variance"``, ``"ivar"``,
+    ``"weight"`` replaces the computed sigma image; ``dq = "FILE[EXT]"`` or
+    ``dq_hdu = EXT`` with ``dq_bad = [bit values]`` (default: any nonzero DQ
+    is bad) and ``user_mask = "FILE[EXT]"`` (nonzero = masked) mask pixels.
+    """
+
+    file: str
+    fwhm: float
+    hdu: int | str = 0
+    unit: str = "cR"
+    zeropoint: float | None = None
+    exptime: float | None = None
+    gain: float | None = None
+    filter: str | None = None
+    pixel_scale: float | None = None
+    noise: str | None = None
+    noise_hdu: int | str | None = None
+    noise_kind: str | None = None
+    dq: str | None = None
+    dq_hdu: int | str | None = None
+    dq_bad: tuple | None = None
+    user_mask: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything ``prepare_target`` needs besides the images (see docs/guide.md for the TOML).
+
+    The target is ``ra, dec`` (ICRS degrees) or, with ``ra = dec = None``,
+    ``x, y`` (0-based frame pixels, for frames without a WCS).
+    """
+
+    name: str
+    ra: float | None
+    dec: float | None
+    r: float
+    bands: dict
+    sky_order: int = 3
+    sky_method: str = "poly"
+    sky_box: int = 64
+    sky_regions: tuple | None = None
+    sky_nsigma: float = 3.0
+    mask_nsigma: float = 3.0
+    mask_npixels: int = 5
+    deblend: bool = True
+    max_grow: float = 100.0
+    addgrow: float = 0.0
+    star_nsigma: float = 5.0
+    star_npixels: int = 10
+    stamp_size: int = 25
+    oversampling: int = 2
+    psf: bool = True
+    require_target: bool = True
+    lyric_psf: str = "native"
+    redshift: float | None = None
+    criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
+    x: float | None = None
+    y: float | None = None
+
+
+_TARGET_KEYS = {"name", "ra", "dec", "x", "y", "r", "redshift"}
+_OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "x", "y", "r", "bands", "criteria",
+                                                         "redshift"}
+_BAND_KEYS = {f.name for f in fields(BandSpec)}
+_CRITERIA_KEYS = {f.name for f in fields(StarCriteria)}
+
+
+def _unknown(section, got, allowed):
+    extra = sorted(set(got) - set(allowed))
+    if extra:
+        msg = f"config: unknown key(s) {extra} in [{section}]; allowed: {sorted(allowed)}"
+        raise ValueError(msg)
+
+
+def load_config(path, *, batch=False):
+    """Read a ``gsprep prepare`` TOML file; unknown sections or keys are errors.
+
+    Relative frame paths are taken relative to the config file's folder.
+    With ``batch=True`` (the ``gsprep batch`` config) the targets come from a
+    table, so ``[target]`` may hold only ``r`` (the default half-size, arcsec)
+    and band files may be templates such as ``"frames/{name}_g.fits"``
+    filled from each target's row; the returned config has ``name=""`` and
+    NaN coordinates (and NaN ``r`` when none is given).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        msg = f"config: no such file {path!r}"
+        raise FileNotFoundError(msg)
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"config: {path!r} is not valid TOML ({exc})"
+            raise ValueError(msg) from None
+    _unknown("top level", raw, {"target", "options", "criteria", "bands"})
+    target = raw.get("target")
+    if batch:
+        target = dict(target or {})
+        if {"name", "ra", "dec", "x", "y"} & set(target):
+            msg = ("config: a batch config takes name, ra and dec from the targets table (or name, x and y, in "
+                   "pixels); [target] may hold only r (default half-size, arcsec)")
+            raise ValueError(msg)
+        _unknown("target", target, {"r"})
+        target = {"name": "", "ra": np.nan, "dec": np.nan, "r": target.get("r", np.nan)}
+    else:
+        if not isinstance(target, dict) or not target:
+            msg = ("config: [target] needs ra, dec (ICRS degrees) or x, y (0-based pixels, for frames without "
+                   "a WCS) and r (half-size, arcsec)")
+            raise ValueError(msg)
+        _unknown("target", target, _TARGET_KEYS)
+        _target_keys(target)
+    options = raw.get("options", {})
+    _unknown("options", options, _OPTION_KEYS)
+    crit = raw.get("criteria", {})
+    _unknown("criteria", crit, _CRITERIA_KEYS)
+    crit.setdefault("size", options.get("stamp_size", 25))
+    bands_raw = raw.get("bands")
+    if not bands_raw:
+        msg = "config: no [bands.NAME] section; list at least one band with file and fwhm"
+        raise ValueError(msg)
+    here = os.path.dirname(os.path.abspath(path))
+    bands = {}
+    for name, spec in bands_raw.items():
+        if not isinstance(spec, dict):
+            msg = f"config: [bands.{name}] must be a table with file and fwhm"
+            raise ValueError(msg)
+        _unknown(f"bands.{name}", spec, _BAND_KEYS)
+        if "file" not in spec or "fwhm" not in spec:
+            msg = f"config: [bands.{name}] needs file and fwhm (pixels)"
+            raise ValueError(msg)
+        spec = dict(spec)
+        if not isinstance(spec["file"], str):
+            msg = f"config: [bands.{name}] file must be a path (a string), got {spec['file']!r}"
+            raise ValueError(msg)
+        if not os.path.isabs(spec["file"]):
+            spec["file"] = os.path.join(here, spec["file"])
+        for key in ("noise", "dq", "user_mask"):
+            if key in spec:
+                spec[key] = _in_section(f"bands.{name}", lambda key=key, spec=spec: _map_ref(key, spec[key], here))
+        bands[name] = _in_section(f"bands.{name}", lambda spec=spec: _checked_band(BandSpec(**spec)))
+    options = _in_section("options", lambda: _checked_options(options))
+    criteria = _in_section("criteria", lambda: StarCriteria(**crit))
+    if batch:
+        r = target["r"]
+        r = float(r) if isinstance(r, float) and np.isnan(r) else _in_section("target", lambda: check_positive("r", r))
+        ra = dec = float("nan")
+    else:
+        r = _in_section("target", lambda: check_positive("r", target["r"]))
+    x = y = None
+    if not batch and "x" in target:
+        ra = dec = None
+        x = _in_section("target", lambda: check_number("x", target["x"]))
+        y = _in_section("target", lambda: check_number("y", target["y"]))
+    elif not batch:
+        ra, dec = _in_section("target", lambda: check_ra_dec(target["ra"], target["dec"]))
+    z = target.get("redshift")
+    z = None if z is None else _in_section("target", lambda: check_nonnegative("redshift", z))
+    return PrepareConfig(name=str(target.get("name", "target")), ra=ra, dec=dec, r=r, bands=bands,
+                         criteria=criteria, redshift=z, x=x, y=y, **options)
+
+
+def _target_keys(target):
+    """``[target]`` holds r and exactly one of the pairs ``ra, dec`` and ``x, y``."""
+    keys = set(target)
+    sky, pix = keys & {"ra", "dec"}, keys & {"x", "y"}
+    if sky and pix:
+        msg = ("config: [target] takes ra, dec (ICRS degrees) or x, y (0-based pixels, for frames without a "
+               f"WCS), not both; it has {sorted(sky | pix)}")
+        raise ValueError(msg)
+    if sky != {"ra", "dec"} and pix != {"x", "y"}:
+        have = sorted(sky | pix)
+        msg = ("config: [target] needs ra and dec (ICRS degrees) or x and y (0-based pixels, for frames without "
+               "a WCS)" + (f"; it has only {have}" if have else ""))
+        raise ValueError(msg)
+    if "r" not in keys:
+        msg = "config: [target] needs r (half-size, arcsec)"
+        raise ValueError(msg)
+
+
+def _in_section(section, make):
+    """``make()``, its argument errors restated as ``config: [section] ...`` (they name the TOML key)."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        msg = f"config: [{section}] {exc}"
+        raise ValueError(msg) from None
+
+
+_OPTION_CHECKS = {
+    "sky_order": lambda v: check_integer("sky_order", v, lower=0, upper=12),
+    "sky_nsigma": lambda v: check_positive("sky_nsigma", v),
+    "mask_nsigma": lambda v: check_positive("mask_nsigma", v),
+    "mask_npixels": lambda v: check_integer("mask_npixels", v, lower=1),
+    "max_grow": lambda v: check_nonnegative("max_grow", v),
+    "addgrow": lambda v: check_nonnegative("addgrow", v),
+    "star_nsigma": lambda v: check_positive("star_nsigma", v),
+    "star_npixels": lambda v: check_integer("star_npixels", v, lower=1),
+    "stamp_size": lambda v: check_integer("stamp_size", v, lower=3, odd=True),
+    "oversampling": lambda v: check_integer("oversampling", v, lower=1, upper=16),
+    "lyric_psf": lambda v: check_choice("lyric_psf", v, ("native", "oversampled")),
+    "sky_method": lambda v: check_choice("sky_method", v, ("poly", "mesh")),
+    "sky_box": lambda v: check_integer("sky_box", v, lower=4),
+    "sky_regions": lambda v: _checked_regions(v),
+}
+
+
+def _checked_regions(v):
+    """``sky_regions``: a list of ``[x0, x1, y0, y1]`` boxes (0-based pixels, end excluded)."""
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(q, int) and not isinstance(q, bool) for q in b)
+        for b in v)
+    if not ok:
+        msg = f"sky_regions must be a list of [x0, x1, y0, y1] integer boxes, got {v!r}"
+        raise TypeError(msg)
+    return tuple(tuple(b) for b in v)
+
+
+def _checked_options(options):
+    out = {}
+    for key, value in options.items():
+        if key in _OPTION_CHECKS:
+            out[key] = _OPTION_CHECKS[key](value)
+        elif isinstance(value, bool):  # deblend, psf, require_target
+            out[key] = value
+        else:
+            msg = f"{key} must be true or false, got {value!r}"
+            raise TypeError(msg)
+    return out
+
+
+def _checked_band(spec):
+    """A band's values checked (the TOML keys are the field names)."""
+    check_positive("fwhm", spec.fwhm)
+    check_choice("unit", spec.unit, ("cR", "counts"))
+    if spec.filter is not None and not (isinstance(spec.filter, str) and spec.filter.strip()):
+        msg = f"filter must be a GalfitS filter name (a string such as 'sloan_g'), got {spec.filter!r}"
+        raise TypeError(msg)
+    if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
+        msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
+        raise TypeError(msg)
+    spec = _checked_maps(spec)
+    return dataclasses.replace(spec, fwhm=float(spec.fwhm),
+                               exptime=check_positive("exptime", spec.exptime, allow_none=True),
+                               gain=check_positive("gain", spec.gain, allow_none=True),
+                               pixel_scale=check_positive("pixel_scale", spec.pixel_scale, allow_none=True),
+                               zeropoint=check_number("zeropoint", spec.zeropoint, allow_none=True))
+
+
+_REF = re.compile(r"^(?P<path>.*?)\[(?P<ext>[^\[\]]*)\]$")
+
+
+def _split_ref(ref):
+    """``"FILE[EXT]"`` -> ``(FILE, EXT)`` (EXT an int when it is digits); ``"FILE"`` -> ``(FILE, 0)``."""
+    m = _REF.match(ref)
+    if not m:
+        return ref, 0
+    ext = m["ext"].strip()
+    return m["path"], int(ext) if ext.isdigit() else ext
+
+
+def _map_ref(key, value, here):
+    """A ``noise``, ``dq`` or ``user_mask`` value checked, its path made absolute (relative to the config)."""
+    if not isinstance(value, str) or not value.strip():
+        msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
+        raise TypeError(msg)
+    path, ext = _split_ref(value)
+    if not path or ext == "":
+        msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
+        raise ValueError(msg)
+    if not os.path.isabs(path):
+        path = os.path.join(here, path)
+    return f"{path}[{ext}]" if _REF.match(value) else path
+
+
+def _checked_hdu(key, value):
+    if value is not None and (not isinstance(value, (int, str)) or isinstance(value, bool)):
+        msg = f"{key} must be an HDU index or EXTNAME, got {value!r}"
+        raise TypeError(msg)
+
+
+def _checked_maps(spec):
+    """The noise, DQ and user-mask keys of a band checked (not read: see ``read_band_maps``)."""
+    for key in ("noise", "dq", "user_mask"):
+        value = getattr(spec, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
+            raise TypeError(msg)
+    for key in ("noise_hdu", "dq_hdu"):
+        _checked_hdu(key, getattr(spec, key))
+    if spec.noise is not None and spec.noise_hdu is not None:
+        msg = "give noise (another file, \"FILE[EXT]\") or noise_hdu (an HDU of file), not both"
+        raise ValueError(msg)
+    if spec.dq is not None and spec.dq_hdu is not None:
+        msg = "give dq (another file, \"FILE[EXT]\") or dq_hdu (an HDU of file), not both"
+        raise ValueError(msg)
+    has_noise = spec.noise is not None or spec.noise_hdu is not None
+    if has_noise and spec.noise_kind is None:
+        msg = f"a noise map needs noise_kind, one of {list(NOISE_KINDS)} (what its pixels hold)"
+        raise ValueError(msg)
+    if spec.noise_kind is not None:
+        if not has_noise:
+            msg = "noise_kind is set but no noise map: give noise = \"FILE[EXT]\" or noise_hdu = EXT"
+            raise ValueError(msg)
+        check_choice("noise_kind", spec.noise_kind, tuple(NOISE_KINDS))
+    dq_bad = spec.dq_bad
+    if dq_bad is not None:
+        if spec.dq is None and spec.dq_hdu is None:
+            msg = "dq_bad is set but no DQ map: give dq = \"FILE[EXT]\" or dq_hdu = EXT"
+            raise ValueError(msg)
+        ok = (isinstance(dq_bad, (list, tuple)) and len(dq_bad) > 0
+              and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in dq_bad))
+        if not ok:
+            msg = f"dq_bad must be a list of DQ bit values (positive integers, e.g. [1, 4, 16]), got {dq_bad!r}"
+            raise TypeError(msg)
+        dq_bad = tuple(dq_bad)
+    return dataclasses.replace(spec, dq_bad=dq_bad)
