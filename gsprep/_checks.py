@@ -182,3 +182,14 @@ def check_columns(name, table, columns, *, what=""):
         why = f" ({what})" if what else ""
         msg = f"{name} is missing column(s) {missing}{why}; it has {names}"
         raise ValueError(msg)
+
+
+def header_positive(header, key):
+    """``header[key]`` as a finite number > 0, or None when it is missing, not a number or not > 0."""
+    if header is None or key not in header:
+        return None
+    try:
+        v = float(header[key])
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None

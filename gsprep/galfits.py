@@ -119,12 +119,15 @@ def header_zeropoint(header):
     return None, ""
 
 
-def image_block(letter, band, *, cut_file, psf_ref, psf_sampling, r, filter_name=None, zeropoint=None, unit="cR"):
+def image_block(letter, band, *, cut_file, psf_ref, psf_sampling, r, filter_name=None, zeropoint=None, unit="cR",
+                filter_from=None, zeropoint_from=None):
     """The ``Ia1)`` ... ``Ia15)`` lines of one image.
 
     ``psf_ref`` is ``(file, extension)`` or None (no PSF written: ``Ia4)``
     names none and GalfitS fits without a PSF); ``filter_name`` None writes
     the band key in ``Ia2)`` and ``Ia15) 0`` (no SED for this image).
+    ``filter_from`` / ``zeropoint_from`` say in the line's comment where
+    the filter name and the zero point came from (e.g. ``"header MAGZP"``).
     """
     p = f"I{letter}"
     zp = -1 if zeropoint is None else round(float(zeropoint), 4)
@@ -133,8 +136,9 @@ def image_block(letter, band, *, cut_file, psf_ref, psf_sampling, r, filter_name
     sed = 1 if filter_name else 0
     return "\n".join([
         f"{p}1) [{cut_file},0]    # input data image (sky-subtracted cutout)",
-        f"{p}2) {filter_name or band}    # band of the image" + ("" if filter_name else
-                                                                 " (not a GalfitS filter name: no SED, see Ia15)"),
+        f"{p}2) {filter_name or band}    # band of the image"
+        + (f" (from {filter_from})" if filter_name and filter_from else "")
+        + ("" if filter_name else " (not a GalfitS filter name: no SED, see Ia15)"),
         f"{p}3) [{cut_file},2]    # sigma image",
         psf_line,
         f"{p}5) {psf_sampling if psf_ref else 1}    # PSF fine sampling factor relative to data",
@@ -142,7 +146,8 @@ def image_block(letter, band, *, cut_file, psf_ref, psf_sampling, r, filter_name
         f"{p}7) {unit}    # unit of the image",
         f"{p}8) {r:g}    # size of the cutout region, arcsec (half-size)",
         f"{p}9) -1    # conversion factor from erg/s/cm^2/A to image unit, -1 for default",
-        f"{p}10) {zp}    # magnitude photometric zeropoint" + (" (unknown)" if zeropoint is None else " (AB)"),
+        f"{p}10) {zp}    # magnitude photometric zeropoint"
+        + (" (unknown)" if zeropoint is None else f" (AB{', from ' + zeropoint_from if zeropoint_from else ''})"),
         f"{p}11) uniform    # sky model",
         f"{p}12) [[0,-0.5,0.5,0.1,0]]    # sky parameter (sky already subtracted by gsprep)",
         f"{p}13) 0    # allow relative shifting",

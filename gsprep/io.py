@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ._bits import MASK_BITS
-from ._checks import check_choice
+from ._checks import check_choice, header_positive
 from .wcs import STANDIN_CRVAL, WCS_TOL, StandInWCSWarning, cut_wcs_header, pixel_scale, strip_wcs, wcs_deviation
 
 __all__ = ["Image", "HeaderWarning", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
@@ -67,11 +67,8 @@ def _image_hdus(hdul):
 def _header_number(header, keys, path):
     for key in keys:
         if key in header:
-            try:
-                v = float(header[key])
-            except (TypeError, ValueError):
-                continue
-            if np.isfinite(v) and v > 0:
+            v = header_positive(header, key)
+            if v is not None:
                 return v
             warnings.warn(
                 f"{path}: header {key}={header[key]!r} is not a positive number; ignored",

@@ -109,18 +109,19 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
             else:
                 psf_ref, sampling = (os.path.basename(psf_file), 2), 1
         header = images[band].header
-        filt, _how = galfits_filter(band, header, spec.filter)
+        filt, filt_how = galfits_filter(band, header, spec.filter)
         if filt is None:
             warnings.warn(f"band {band!r}: no GalfitS filter name (set filter = \"...\" in [bands.{band}], "
                           "e.g. \"sloan_g\"); its image block has Ia2) "
                           f"{band} and Ia15) 0 (no SED)", stacklevel=2)
-        zp = spec.zeropoint
+        zp, zp_from = spec.zeropoint, "config"
         if zp is None:
-            zp, _ = header_zeropoint(header)
+            zp, key = header_zeropoint(header)
+            zp_from = f"header {key}"
         letter = next(letters)
         blocks[letter] = image_block(letter, band, cut_file=os.path.basename(cut_file), psf_ref=psf_ref,
                                      psf_sampling=sampling if psf_ref else 1, r=config.r, filter_name=filt,
-                                     zeropoint=zp, unit=spec.unit)
+                                     zeropoint=zp, unit=spec.unit, filter_from=filt_how, zeropoint_from=zp_from)
         if figures:
             files += _figures(p, images[band], out_dir, f"{config.name}_{band}")
         written[band] = files

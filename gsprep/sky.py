@@ -12,6 +12,7 @@ costs a few passes over the pixels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -181,8 +182,6 @@ def sky_residual_check(data, sky, mask=None, *, limit=2.5, label="frame"):
     _, _, rms = sigma_clipped_stats(r[good], sigma=3.0, maxiters=3)
     pp = pixel_noise(r, None if mask is None else mask)
     if np.isfinite(pp) and pp > 0 and rms > limit * pp:
-        import warnings
-
         how = ("a sky per readout region (sky_regions) if the frame has a step, a mesh sky (sky_method = "
                "\"mesh\", --sky-method mesh) or a higher sky_order")
         warnings.warn(f"{label}: the sky residual rms {rms:.3g} is {rms / pp:.1f}x the pixel-to-pixel noise "

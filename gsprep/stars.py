@@ -26,6 +26,7 @@ from ._checks import (
     check_number,
     check_positive,
     check_ra_dec,
+    header_positive,
 )
 from .detection import detect
 from .wcs import pixel_scale
@@ -261,17 +262,7 @@ def saturation_level(header):
     (float, str) or None
         The level and the keyword it came from.
     """
-    if header is None:
-        return None
-    found = []
-    for key in SATURATION_KEYWORDS:
-        if key in header:
-            try:
-                v = float(header[key])
-            except (TypeError, ValueError):
-                continue
-            if np.isfinite(v) and v > 0:
-                found.append((v, key))
+    found = [(v, key) for key in SATURATION_KEYWORDS if (v := header_positive(header, key)) is not None]
     return min(found) if found else None
 
 

@@ -60,6 +60,10 @@ def test_lyric_region_and_atlas():
     text = lyric_text("t", 150.1, 2.2, blocks, redshift=0.05)
     assert "R1) t " in text and "R2) [150.1,2.2]" in text and "R3) 0.05" in text
     assert "Aa2) ['a']" in text and "Ia4) [t_g_psf.fits,2]" in text and "Ia10) 22.5 " in text
+    # where an assumed value came from is said on its line
+    b = image_block("a", "blue", cut_file="t.fits", psf_ref=None, psf_sampling=1, r=5.0, filter_name="acs_f475w",
+                    zeropoint=26.05, filter_from="header INSTRUME/FILTER1", zeropoint_from="header PHOTFLAM/PHOTPLAM")
+    assert "(from header INSTRUME/FILTER1)" in b and "(AB, from header PHOTFLAM/PHOTPLAM)" in b
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])

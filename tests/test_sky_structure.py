@@ -82,3 +82,24 @@ def test_sky_options_in_the_config(tmp_path):
         load_config(write_config(tmp_path, options="sky_regions = [1, 2]\n"))
     with pytest.raises(ValueError, match=r"config: \[options\] sky_method must be one of"):
         load_config(write_config(tmp_path, options='sky_method = "spline"\n'))
+
+
+def test_prepare_with_its_default_sky_warns_on_a_stepped_frame(tmp_path, monkeypatch):
+    """The check runs on the path a user gets: prepare with default options on a frame with readout halves."""
+    import gsprep
+    import gsprep.pipeline
+    from gsprep.pipeline import prepare_target
+
+    from .test_pipeline import write_frames
+
+    monkeypatch.setattr(gsprep.pipeline, "_psfs", lambda stamps, k: {})  # the sky is what is tested
+    write_frames(tmp_path, bands=(("g", 2.6),))
+    cfg = load_config(write_config(tmp_path, bands=(("g", 2.6),)))
+    img = gsprep.read_image(cfg.bands["g"].file)
+    y, x = np.mgrid[: img.data.shape[0], : img.data.shape[1]]
+    stepped_img = gsprep.io.Image(**{**img.__dict__, "data": img.data + np.where(x < 150, 0.0, 40.0)})
+    with pytest.warns(SkyResidualWarning, match="band g: the sky residual"):
+        prepare_target({"g": stepped_img}, cfg.ra, cfg.dec, cfg)
+    with warnings.catch_warnings():  # and the same frame without the step: no warning
+        warnings.simplefilter("error", SkyResidualWarning)
+        prepare_target({"g": img}, cfg.ra, cfg.dec, cfg)
