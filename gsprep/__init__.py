@@ -45,11 +45,12 @@ _LAZY = {
     "load_config": "pipeline",
     "prepare_target": "pipeline",
     "run_target": "pipeline",
-    "EPSFResult": "psf",
-    "PSFConvergenceWarning": "psf",
+    "EPSFResult": "results",
+    "PSFConvergenceWarning": "results",
+    "PSFExtrapolationWarning": "results",
     "fit_epsf": "psf",
     "psf_model_stamps": "psf",
-    "psf_shape": "psf",
+    "psf_shape": "results",
     "to_epsf_convention": "psf",
     "SkyFit": "sky",
     "fit_sky": "sky",
@@ -66,7 +67,7 @@ _LAZY = {
 
 # submodules reachable as attributes (``gsprep.sky``) without importing them first
 _SUBMODULES = frozenset({
-    "batch", "cli", "cutouts", "detection", "epsf", "io", "masks", "noise", "pipeline", "plots", "psf",
+    "batch", "cli", "cutouts", "detection", "epsf", "io", "masks", "noise", "pipeline", "plots", "psf", "results",
     "simulate", "sky", "stars",
 })
 
@@ -142,6 +143,7 @@ __all__ = [
     "psf_model_stamps",
     "psf_shape",
     "PSFConvergenceWarning",
+    "PSFExtrapolationWarning",
     "write_psf",
     "MASK_BITS",
     "Mask",

@@ -19,6 +19,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ._bits import MASK_BITS
 from ._checks import check_choice, header_positive
+from .results import EPSFResult, psf_shape
 from .wcs import STANDIN_CRVAL, WCS_TOL, StandInWCSWarning, cut_wcs_header, pixel_scale, strip_wcs, wcs_deviation
 
 __all__ = ["Image", "HeaderWarning", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
@@ -471,8 +472,6 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
             hdr.append(card)
     hdr["OVERSAMP"] = (k, "PSF sub-pixels per native pixel (per axis)")
     hdr["PSFCONV"] = ("SUBPIXEL-FLUX", "value = flux fraction in the sub-pixel; sum 1")
-    from .psf import psf_shape
-
     shape = psf_shape(psf, k)
     hdr["FWHM"] = (_finite(shape["fwhm"]), "FWHM, native px (pixel-integrated, half-max area)")
     flags = np.asarray(result.flags)
@@ -557,8 +556,6 @@ def read_psf(path):
         it with astropy if needed.
     """
     from astropy.table import Table
-
-    from .psf import EPSFResult
 
     path = os.fspath(path)
     if not os.path.exists(path):

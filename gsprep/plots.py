@@ -403,7 +403,7 @@ def fig_funnel(table, *, title="", save=None):
 
 
 def _flag_text(flag):
-    from .psf import FLAG_BITS
+    from .results import FLAG_BITS
 
     return ", ".join(name for bit, name in FLAG_BITS.items() if flag & bit) or f"flag {flag}"
 

@@ -32,6 +32,20 @@ def test_import_gsprep_imports_no_stage():
     assert p.stdout.strip() == "[]"
 
 
+def test_io_depends_downward_only():
+    """Reading and writing products (PSF files included) needs neither the PSF fit nor JAX (issue 12)."""
+    code = ("import sys, os, tempfile, numpy as np, gsprep.io as io\n"
+            "from gsprep.results import EPSFResult\n"
+            "p = np.zeros((9, 9)); p[4, 4] = 1.0\n"
+            "r = EPSFResult(p, np.zeros((1, 2)), np.ones(1), np.zeros(1), np.ones(1), np.zeros(0), np.zeros(1, int))\n"
+            "f = os.path.join(tempfile.mkdtemp(), 'psf.fits')\n"
+            "io.write_psf(f, r); back = io.read_psf(f); assert abs(back.psf.sum() - 1) < 1e-6\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('gsprep.psf', 'jax'))))")
+    p = _python(code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["psf", "--help"], ["batch", "--help"], ["--version"]])
 def test_help_imports_no_stage(argv):
     code = ("import sys\nfrom gsprep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"

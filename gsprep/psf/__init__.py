@@ -15,7 +15,8 @@ samples the pixel-integrated PSF at ``1/k`` pixel steps;
 :func:`to_epsf_convention` converts gsprep's PSF to that convention exactly.
 """
 
-from .fit import FLAG_BITS, EPSFResult, PSFConvergenceWarning, fit_epsf, fit_stars, oracle_psf
+from ..results import FLAG_BITS, EPSFResult, PSFConvergenceWarning, PSFExtrapolationWarning
+from .fit import fit_epsf, fit_stars, oracle_psf
 from .model import psf_model_stamps, psf_shape, to_epsf_convention
 from .photutils_bridge import photutils_epsf_raw
 
@@ -23,6 +24,7 @@ __all__ = [
     "EPSFResult",
     "FLAG_BITS",
     "PSFConvergenceWarning",
+    "PSFExtrapolationWarning",
     "fit_epsf",
     "fit_stars",
     "oracle_psf",

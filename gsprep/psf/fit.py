@@ -18,7 +18,6 @@ bands); its shapes are padded to a few star counts so a batch compiles few.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from functools import partial
 
 import jax
@@ -26,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_integer, check_nonnegative, check_positive
-from .model import models, moffat_fine, psf_shape
+from ..results import FLAG_BITS, EPSFResult, PSFConvergenceWarning, psf_shape
+from .model import models, moffat_fine
 from .robust import robust_weights
 from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, rebase, star_step
 from .start import band_start, bucket, centroids, initial, pad_stars, prepare_arrays
@@ -34,117 +34,9 @@ from .validation import GRID, KINDS, assign_folds, choose, heldout_scores, robus
 
 __all__ = ["EPSFResult", "fit_epsf", "fit_stars", "oracle_psf", "FLAG_BITS", "PSFConvergenceWarning"]
 
-#: star flags (OR-ed): 1 chi-square outlier (left out of the fit), 2 no usable pixels,
-#: 4 more than a quarter of its pixels clipped, 8 fitted flux not positive (left out of the fit)
-FLAG_BITS = {1: "chi2 outlier", 2: "no usable pixels", 4: "many pixels clipped", 8: "flux not positive"}
-
-
-class PSFConvergenceWarning(UserWarning):
-    """The PSF fit stopped at ``max_iter`` before the PSF stopped changing."""
-
-
 def compute_dtype():
     """float64 when JAX runs with ``jax_enable_x64``, else float32."""
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-
-@dataclass(frozen=True)
-class EPSFResult:
-    """Result of :func:`fit_epsf` (a leading band axis on every array field when stamps had one).
-
-    Attributes
-    ----------
-    psf : ndarray (k*p, k*p)
-        The PSF: sub-pixel flux fractions, sum 1, centroid at the centre of
-        the central native pixel.
-    centers : ndarray (n, 2)
-        Each star's ``(x, y)`` in its stamp, 0-based native pixels.
-    fluxes, sky : ndarray (n,)
-        Total flux (within the PSF grid) and constant local sky, data units.
-    chi2 : ndarray (n,)
-        Reduced chi-square of each star (NaN without usable pixels).
-    loss_history : ndarray
-        Objective per pixel in use (chi-square plus penalties) after each
-        step of the final fit, on a fixed pixel set: it never rises.  With
-        bands, ``(bands, longest)`` padded with NaN (:meth:`band` cuts it).
-    flags : ndarray of int (n,)
-        See :data:`FLAG_BITS`; 0 = good.
-    oversampling : int
-    converged : bool or ndarray
-        Whether the final fit stopped because the PSF stopped changing
-        (``tol``), not because it reached ``max_iter``.
-    n_iter : int or ndarray
-        Gauss-Newton steps of the final fit.
-    heldout_chi2 : float or ndarray
-        Median over the stars of each star's reduced chi-square when fitted
-        with a PSF made without it (cross-validation); ~1 when the PSF is as
-        good as the noise allows.  NaN when there were too few stars to hold
-        any out.
-    residual_flux : float or ndarray
-        Median over held-out stars of ``sqrt(max(sum(r^2 - sigma^2), 0)) / F``:
-        the fraction of a star's flux left in residual structure beyond the noise.
-    fwhm, ellipticity, e1, e2 : float or ndarray
-        Shape of the pixel-integrated PSF in native pixels, the same for any
-        oversampling (:func:`gsprep.psf.psf_shape`).
-    reg_kind, reg_strength : str, float (or arrays)
-        The regularisation used (``"profile"``: curvature of the departure
-        from the fitted Moffat; ``"smooth"``: curvature of the PSF), and its
-        strength in units of the data's information per fine pixel.
-    cv_scores : ndarray (n_candidates, 3) or None
-        Every candidate's ``(gamma, strength, score)``: the mean held-out
-        reduced chi-square, each star's capped at 5 x the median.
-    """
-
-    psf: np.ndarray
-    centers: np.ndarray
-    fluxes: np.ndarray
-    sky: np.ndarray
-    chi2: np.ndarray
-    loss_history: np.ndarray
-    flags: np.ndarray
-    oversampling: int = 1
-    converged: object = True
-    n_iter: object = 0
-    heldout_chi2: object = np.nan
-    residual_flux: object = np.nan
-    fwhm: object = np.nan
-    ellipticity: object = np.nan
-    e1: object = np.nan
-    e2: object = np.nan
-    reg_kind: object = ""
-    reg_strength: object = np.nan
-    cv_scores: object = field(default=None, repr=False)
-
-    @property
-    def native_psf(self):
-        """The PSF at native sampling (sum of each ``k x k`` block)."""
-        k = self.oversampling
-        p = np.asarray(self.psf)
-        sh = p.shape[:-2] + (p.shape[-2] // k, k, p.shape[-1] // k, k)
-        return p.reshape(sh).sum(axis=(-3, -1))
-
-    def band(self, i, n_stars=None):
-        """Band ``i`` of a band-stacked result, as a one-band result (its first ``n_stars`` stars)."""
-        p = np.asarray(self.psf)
-        if p.ndim != 3:
-            msg = f"band() needs a band-stacked result (psf of shape (bands, K, K)), got {p.shape}"
-            raise ValueError(msg)
-        m = slice(None) if n_stars is None else slice(0, int(n_stars))
-        n_iter = int(np.asarray(self.n_iter)[i])
-        cv = None if self.cv_scores is None else np.asarray(self.cv_scores)[i]
-        return EPSFResult(psf=p[i], centers=np.asarray(self.centers)[i, m], fluxes=np.asarray(self.fluxes)[i, m],
-                          sky=np.asarray(self.sky)[i, m], chi2=np.asarray(self.chi2)[i, m],
-                          loss_history=np.asarray(self.loss_history)[i, :n_iter], flags=np.asarray(self.flags)[i, m],
-                          oversampling=self.oversampling, converged=bool(np.asarray(self.converged)[i]), n_iter=n_iter,
-                          heldout_chi2=float(np.asarray(self.heldout_chi2)[i]),
-                          residual_flux=float(np.asarray(self.residual_flux)[i]), fwhm=float(np.asarray(self.fwhm)[i]),
-                          ellipticity=float(np.asarray(self.ellipticity)[i]), e1=float(np.asarray(self.e1)[i]),
-                          e2=float(np.asarray(self.e2)[i]), reg_kind=str(np.asarray(self.reg_kind)[i]),
-                          reg_strength=float(np.asarray(self.reg_strength)[i]), cv_scores=cv)
-
-    def psf_at(self, x, y):
-        """The PSF at frame pixel ``(x, y)`` (0-based).  This PSF does not vary across the frame."""
-        return np.asarray(self.psf)
 
 
 def _jit_bands(fn, static, in_axes):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..results import psf_shape
+
 __all__ = ["psf_model_stamps", "to_epsf_convention", "psf_shape"]
 
 
@@ -210,71 +212,3 @@ def from_epsf_convention(e, k, iters=200):
         ratio = np.where(model > 0, e / np.where(model > 0, model, 1), 0.0)
         f = f * to_epsf_convention(ratio, k) / k**2
     return f / f.sum()
-
-
-def psf_shape(psf, oversampling, *, upsample=None):
-    """FWHM and ellipticity of a PSF as a star image shows them, independent of the oversampling.
-
-    The PSF is first integrated over the native pixel (sums of ``k x k``
-    sub-pixels), so every oversampling describes the same function, the
-    pixel-integrated PSF, and then measured on a grid of 1/8 native pixel
-    (band-limited upsampling):
-
-    * ``fwhm``: the diameter of the circle whose area equals the area above
-      half the peak (native pixels), a direct measure for any profile;
-    * ``e1, e2, ellipticity``: from adaptive (elliptical-Gaussian-weighted)
-      second moments, ``e = (a^2 - b^2) / (a^2 + b^2)``.
-
-    Returns a dict with ``fwhm``, ``e1``, ``e2``, ``ellipticity`` and
-    ``sigma`` (adaptive-moment size, native px).
-    """
-    from scipy import ndimage, signal
-
-    k = int(oversampling)
-    p = np.asarray(psf, float)
-    n = p.shape[0]
-    # the flux in a native-pixel box is exact where the box's edges fall on sub-pixel edges: the sum of
-    # k x k sub-pixels, a box centred on a sub-pixel corner for even k (to_epsf_convention's half
-    # weights at even k blur the PSF: +3% FWHM at k = 2)
-    e = signal.convolve2d(p, np.ones((k, k)), mode="full") if k > 1 else p
-    ne = e.shape[0]
-    up = max(1, int(np.ceil(8 / k))) if upsample is None else int(upsample)
-    # band-limited (Fourier) upsampling, exact for a PSF sampled above Nyquist
-    fine = signal.resample(signal.resample(e, ne * up, axis=0), ne * up, axis=1) if up > 1 else e
-    step = 1.0 / (k * up)
-    # output sample j sits at index j / up of e, i.e. sub-pixel j / up - (k - 1) / 2 of the PSF, whose
-    # centre is sub-pixel (n - 1) / 2
-    coord = (np.arange(fine.shape[0]) / up - (k - 1) / 2.0 - (n - 1) / 2.0) / k
-    yy, xx = np.meshgrid(coord, coord, indexing="ij")
-    peak = fine.max()
-    if not np.isfinite(peak) or peak <= 0:
-        return dict(fwhm=np.nan, e1=np.nan, e2=np.nan, ellipticity=np.nan, sigma=np.nan)
-    # the half-maximum region connected to the peak
-    above = fine >= 0.5 * peak
-    lab, _ = ndimage.label(above)
-    core = lab == lab[np.unravel_index(np.argmax(fine), fine.shape)]
-    fwhm = 2.0 * np.sqrt(core.sum() * step**2 / np.pi)
-    # adaptive moments (Bernstein & Jarvis 2002 style fixed point)
-    s = max(fwhm / 2.3548, 0.3)
-    mxx = myy = s**2
-    mxy = 0.0
-    x0 = y0 = 0.0
-    for _ in range(50):
-        det = mxx * myy - mxy**2
-        ixx, iyy, ixy = myy / det, mxx / det, -mxy / det
-        dx, dy = xx - x0, yy - y0
-        w = np.exp(-0.5 * (ixx * dx**2 + 2 * ixy * dx * dy + iyy * dy**2)) * fine
-        t = w.sum()
-        if t <= 0:
-            break
-        x0, y0 = (w * xx).sum() / t, (w * yy).sum() / t
-        dx, dy = xx - x0, yy - y0
-        nxx, nyy, nxy = 2 * (w * dx * dx).sum() / t, 2 * (w * dy * dy).sum() / t, 2 * (w * dx * dy).sum() / t
-        done = abs(nxx - mxx) + abs(nyy - myy) + abs(nxy - mxy) < 1e-6 * (mxx + myy)
-        mxx, myy, mxy = max(nxx, 1e-4), max(nyy, 1e-4), nxy
-        if done:
-            break
-    e1 = (mxx - myy) / (mxx + myy)
-    e2 = 2 * mxy / (mxx + myy)
-    return dict(fwhm=float(fwhm), e1=float(e1), e2=float(e2), ellipticity=float(np.hypot(e1, e2)),
-                sigma=float(np.sqrt((mxx + myy) / 2)))

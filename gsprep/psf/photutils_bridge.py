@@ -41,7 +41,7 @@ def _photutils_build(d, w, k, centers):
 
 def photutils_epsf(d, w, k, psf_size, centers):
     """EPSFBuilder's ePSF resampled onto gsprep's grid and converted to sub-pixel flux fractions."""
-    from .fit import EPSFResult
+    from ..results import EPSFResult
     from scipy import ndimage
 
     n = d.shape[0]
