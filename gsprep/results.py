@@ -119,7 +119,17 @@ class EPSFResult:
                           residual_flux=float(np.asarray(self.residual_flux)[i]), fwhm=float(np.asarray(self.fwhm)[i]),
                           ellipticity=float(np.asarray(self.ellipticity)[i]), e1=float(np.asarray(self.e1)[i]),
                           e2=float(np.asarray(self.e2)[i]), reg_kind=str(np.asarray(self.reg_kind)[i]),
-                          reg_strength=float(np.asarray(self.reg_strength)[i]), cv_scores=cv)
+                          reg_strength=float(np.asarray(self.reg_strength)[i]), cv_scores=cv,
+                          degree=int(np.asarray(self.degree)[i]), spatial=self._band_spatial(i))
+
+    def _band_spatial(self, i):
+        sp = self.spatial
+        if sp is None or int(np.asarray(sp["degree"])[i]) == 0:
+            return None
+        deg = int(np.asarray(sp["degree"])[i])
+        return {"degree": deg, "planes": np.asarray(sp["planes"])[i, : n_terms(deg)],
+                "offset": np.asarray(sp["offset"])[i], "scale": np.asarray(sp["scale"])[i], "hull": sp["hull"][i],
+                "scores": sp["scores"][i]}
 
     def psf_at(self, x, y, *, warn=True):
         """The PSF at frame pixel ``(x, y)`` (0-based), same convention as :attr:`psf` (sum 1, centred).
@@ -149,7 +159,7 @@ class EPSFResult:
         deg = int(np.max(sp["degree"]))
         if warn:
             hulls = sp["hull"] if planes.ndim == 4 else [sp["hull"]]
-            outside = [~inside_hull(np.asarray(h, float), xa, ya) for h in hulls]
+            outside = [~inside_hull(np.asarray(h, float), xa, ya) for h in hulls if h is not None]
             if any(np.any(o) for o in outside):
                 warnings.warn(f"psf_at: ({x}, {y}) lies outside the stars' convex hull: the PSF there is "
                               "extrapolated from the spatial model and may be inaccurate",

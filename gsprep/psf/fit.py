@@ -28,7 +28,9 @@ from .._checks import check_integer, check_nonnegative, check_positive
 from ..results import FLAG_BITS, EPSFResult, PSFConvergenceWarning, psf_shape
 from .model import models, moffat_fine
 from .robust import robust_weights
+from ..results import n_terms
 from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, rebase, star_step
+from .spatial import AUTO_MAX, STARS_PER_TERM, max_degree, spatial_fit
 from .start import band_start, bucket, centroids, initial, pad_stars, prepare_arrays
 from .validation import GRID, KINDS, assign_folds, choose, heldout_scores, robust_score
 
@@ -167,7 +169,7 @@ def _check_stamps_size(psf0, k, size):
 
 def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky=0.0, psf_size=None,
              centers=None, regularization="auto", folds=3, robust=True, clip=5.0, chi2_nsigma=5.0, max_iter=40,
-             n_cg=60, tol=1e-4, warn=True, method="gsprep"):
+             n_cg=60, tol=1e-4, warn=True, method="gsprep", degree=0, origins=None):
     """Fit an empirical PSF jointly with every star's sub-pixel centre, flux and local sky.
 
     Parameters
@@ -220,6 +222,18 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         ``"photutils"`` runs photutils' ``EPSFBuilder`` on the same stamps
         and returns its PSF converted to gsprep's convention (as GalfitS's
         ``photutils_method``).
+    degree : int or "auto"
+        How the PSF varies across the frame: its sub-pixel values are a
+        polynomial of this total degree in the star's frame position
+        (:mod:`gsprep.psf.spatial`); 0 (default) is one PSF for the whole
+        frame.  ``"auto"`` picks 0-3 by held-out stars and tries only the
+        degrees the star count supports (6 stars per polynomial term: 18
+        for degree 1, 36 for 2, 60 for 3); an explicit degree the stars
+        cannot support is lowered, with a warning.  Evaluate the result
+        with :meth:`EPSFResult.psf_at`.
+    origins : array (n, 2) or (bands, n, 2), optional
+        Frame pixel ``(x, y)`` of each stamp's pixel ``(0, 0)`` (a
+        :class:`gsprep.Stamps` supplies it); needed when ``degree != 0``.
 
     Returns
     -------
@@ -245,6 +259,7 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         stamps, sigmas = st.data, st.sigma if sigmas is None else sigmas
         masks = st.mask if masks is None else masks
         centers = st.positions if centers is None else centers
+        origins = st.origins if origins is None else origins
     if sigmas is None:
         msg = "sigmas is required (the per-pixel noise of the stamps)"
         raise ValueError(msg)
@@ -257,6 +272,7 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     tol = check_positive("tol", tol)
     folds = check_integer("folds", folds, lower=2, upper=50)
     fixed = _parse_reg(regularization)
+    degree = _check_degree(degree)
     if method not in ("gsprep", "photutils"):
         msg = f"method must be 'gsprep' or 'photutils', got {method!r}"
         raise ValueError(msg)
@@ -277,6 +293,17 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
             msg = "centers must be finite"
             raise ValueError(msg)
         cb = cb.reshape(nb, n, 2)
+    ob_xy = None
+    if degree != 0:
+        if origins is None:
+            msg = ("degree != 0 needs each star's frame position: pass a gsprep.Stamps (extract_stamps) or "
+                   "origins=(n, 2) frame pixel (x, y) of each stamp's pixel (0, 0)")
+            raise ValueError(msg)
+        ob_xy = np.asarray(origins, dtype=float)
+        if ob_xy.shape not in ((n, 2), (nb, n, 2)) or not np.all(np.isfinite(ob_xy)):
+            msg = f"origins must be finite with shape ({n}, 2) or ({nb}, {n}, 2), got {np.shape(origins)}"
+            raise ValueError(msg)
+        ob_xy = np.broadcast_to(ob_xy.reshape(-1, n, 2), (nb, n, 2))
     if method == "photutils":
         if d.ndim == 4:
             msg = "method='photutils' fits one band at a time: pass (n, size, size) stamps"
@@ -319,8 +346,21 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     ob = jax.tree_util.tree_map(np.asarray, _fit_compiled(stv, psf0, dd, fold, fixed, *scalars, **opts))
     out = [ob] if d.ndim == 3 else [jax.tree_util.tree_map(lambda x, b=b: x[b], ob) for b in range(nb)]
 
+    # 4b. the PSF across the frame (degree != 0), per band
+    spatials = [None] * nb
+    if degree != 0:
+        for b, o in enumerate(out):
+            spatials[b] = _spatial_band(o, packed[b][2], packed[b][3], ob_xy[b], n, degree, sx, n_folds, dt,
+                                        band=b if d.ndim == 4 else None)
+
     # 5. report, per band
     results = [_band_report(o, bands[b], wb[b], starts[b][5], k, clip if robust else None) for b, o in enumerate(out)]
+    for r, sp in zip(results, spatials, strict=True):
+        r["degree"] = 0 if sp is None else int(sp["degree"])
+        r["spatial"] = None if sp is None or sp["degree"] == 0 else {
+            key: sp[key] for key in ("degree", "planes", "offset", "scale", "hull", "scores")}
+        if sp is not None and sp["degree"] > 0 and np.isfinite(sp.get("heldout_chi2", np.nan)):
+            r["heldout_chi2"] = sp["heldout_chi2"]
     for b, r in enumerate(results):
         if warn and not r["converged"]:
             where = f" (band {b})" if d.ndim == 4 else ""
@@ -331,12 +371,75 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         r.pop("_dpsf")
     if d.ndim == 3:
         return EPSFResult(oversampling=k, **results[0])
+    spatial = _stack_spatial([r.pop("spatial") for r in results], [r["psf"] for r in results])
     # bands stop after different numbers of steps: their histories are padded with NaN
     longest = max(len(r["loss_history"]) for r in results)
     for r in results:
         r["loss_history"] = np.pad(r["loss_history"], (0, longest - len(r["loss_history"])), constant_values=np.nan)
     stack = {key: np.stack([r[key] for r in results]) for key in results[0]}
-    return EPSFResult(oversampling=k, **stack)
+    return EPSFResult(oversampling=k, spatial=spatial, **stack)
+
+
+def _check_degree(degree):
+    if isinstance(degree, str):
+        if degree != "auto":
+            msg = f"degree must be an integer 0-{AUTO_MAX} or 'auto', got {degree!r}"
+            raise ValueError(msg)
+        return degree
+    return check_integer("degree", degree, lower=0, upper=AUTO_MAX)
+
+
+def _spatial_band(o, dd, fold, origins, n, degree, sx, n_folds, dt, band=None):
+    """Fit one band's spatial model from its constant fit ``o`` (updated in place); the spatial dict or None."""
+    st = o["st"]
+    w = np.asarray(st.w)
+    n_good = int((w[:n].reshape(n, -1).sum(1) > 0).sum())
+    where = "" if band is None else f" (band {band})"
+    if degree != "auto":
+        cap = max_degree(n_good, cap=degree)
+        if cap < degree:
+            need = n_terms(degree) * STARS_PER_TERM
+            warnings.warn(f"fit_epsf{where}: {n_good} usable stars cannot support a degree-{degree} PSF variation "
+                          f"({need} needed); using degree {cap}", stacklevel=3)
+            degree = cap
+        if degree == 0:
+            return None
+    n_fit = w.shape[0]
+    frame = np.zeros((n_fit, 2))
+    frame[:n] = origins + np.asarray(st.xy, float)[:n]
+    cast = partial(jnp.asarray, dtype=dt)
+    sp = spatial_fit(cast(o["psf"]), cast(st.xy), cast(st.flux), cast(st.sky), cast(w), cast(dd), frame, fold,
+                     float(o["lam"]), degree, sx, n_folds=n_folds)
+    if sp is None or sp["degree"] == 0:
+        return sp
+    o["st"] = FitState(st.theta, st.resid, sp["xy"], sp["flux"], sp["sky"], st.w)
+    p = sp["planes"][0]
+    o["psf"] = p / p.sum()
+    o["model"] = sp["model"]
+    return sp
+
+
+def _stack_spatial(sps, psfs):
+    """One spatial dict for a band-stacked result (planes padded with zero planes to the highest degree)."""
+    if all(sp is None for sp in sps):
+        return None
+    deg = max(0 if sp is None else sp["degree"] for sp in sps)
+    t = n_terms(deg)
+    kk = psfs[0].shape[-1]
+    planes = np.zeros((len(sps), t, kk, kk))
+    offset, scale, hull, degs = np.zeros((len(sps), 2)), np.ones((len(sps), 2)), [], []
+    for b, sp in enumerate(sps):
+        if sp is None:  # this band's PSF is constant
+            planes[b, 0] = psfs[b]
+            hull.append(None)
+            degs.append(0)
+            continue
+        planes[b, : len(sp["planes"])] = sp["planes"]
+        offset[b], scale[b] = sp["offset"], sp["scale"]
+        hull.append(sp["hull"])
+        degs.append(sp["degree"])
+    return {"degree": np.array(degs), "planes": planes, "offset": offset, "scale": scale, "hull": hull,
+            "scores": [None if sp is None else sp["scores"] for sp in sps]}
 
 
 def _band_report(o, d, w, valid, k, clip):

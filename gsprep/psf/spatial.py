@@ -1,0 +1,302 @@
+"""The PSF across the frame: sub-pixel values that vary as a polynomial in the star's frame position.
+
+After the constant fit (:mod:`.fit`), the PSF of star ``s`` becomes::
+
+    PSF_s = P0 + sum_t c_t(u_s) D_t
+
+with ``c_t`` the monomials ``1, x, y, x^2, x y, y^2, ...`` of total degree
+<= ``d`` at the star's normalised frame position ``u_s`` (the stars'
+bounding box mapped onto ``[-1, 1]^2``), ``P0`` the constant fit's PSF and
+``D_t`` corrections that sum to 0 and have no first moment, so the PSF
+sums to 1 and stays centred at every position (a position-dependent shift
+would trade against the stars' own centres).
+
+With the stars' centres, fluxes and skies held, the model is linear in
+the planes ``D``: they are the least-squares solution (conjugate gradients
+on the normal equations, with the constant fit's curvature penalty on
+every plane, weighted by the data's information as there).  Stars and
+planes then alternate: each star refitted with its own local PSF, the
+planes refitted.  The degree is chosen, like the regularisation, by
+held-out stars: for each candidate degree and fold the planes are fitted
+without that fold's stars, which are then fitted with only their centre,
+flux and sky free and scored by their reduced chi-square.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..results import convex_hull, monomials, n_terms, term_degrees
+from .model import adjoint, centre, designs, laplacian, star_columns
+
+__all__ = ["max_degree", "normalise_positions", "spatial_fit"]
+
+#: stars needed per polynomial term for a degree to be tried (degree 1: 18 stars, 2: 36, 3: 60)
+STARS_PER_TERM = 6
+#: highest degree tried by ``degree="auto"``
+AUTO_MAX = 3
+
+
+def max_degree(n_stars, cap=AUTO_MAX):
+    """Highest degree ``n_stars`` good stars support (:data:`STARS_PER_TERM` per polynomial term)."""
+    d = 0
+    while d < cap and n_terms(d + 1) * STARS_PER_TERM <= n_stars:
+        d += 1
+    return d
+
+
+def normalise_positions(frame_xy, good):
+    """``(offset, scale)`` mapping the good stars' bounding box onto ``[-1, 1]^2``."""
+    p = np.asarray(frame_xy, float)[np.asarray(good, bool)]
+    if len(p) == 0:
+        return np.zeros(2), np.ones(2)
+    lo, hi = p.min(0), p.max(0)
+    return (lo + hi) / 2, np.maximum((hi - lo) / 2, 1.0)
+
+
+def _basis(kk, k, psf_size, dt):
+    """Orthonormal ``(3, K, K)``: the constant and the two first moments a plane must not have."""
+    g = jnp.arange(kk, dtype=dt) - centre(k, psf_size)
+    one = jnp.ones((kk, kk), dt)
+    gx = jnp.broadcast_to(g[None, :], (kk, kk))
+    gy = jnp.broadcast_to(g[:, None], (kk, kk))
+    b = jnp.stack([one, gx, gy])
+    return b / jnp.sqrt(jnp.sum(b**2, axis=(1, 2)))[:, None, None]
+
+
+def _project(planes, basis):
+    """Remove each plane's sum and first moments."""
+    c = jnp.einsum("tij,bij->tb", planes, basis)
+    return planes - jnp.einsum("tb,bij->tij", c, basis)
+
+
+def _local(p0, planes, coef):
+    """Each star's PSF ``P0 + sum_t c_ts D_t``, ``(n, K, K)``."""
+    return p0[None] + jnp.einsum("nt,tij->nij", coef, planes)
+
+
+def _render(psfs, ay, ax):
+    """``A(y_s) PSF_s A(x_s)^T`` for every star, ``(n, S, S)``."""
+    return jnp.einsum("nsl,nxl->nsx", jnp.einsum("nsk,nkl->nsl", ay, psfs), ax)
+
+
+def _info(flux, w, ay, ax):
+    """The data's information per fine pixel (mean, and map / mean floored at 1e-3), as in the constant fit."""
+    diag_p = adjoint(ay**2, (flux**2)[:, None, None] * w, ax**2)
+    scale = jnp.maximum(jnp.mean(diag_p), 1e-30)
+    return scale, jnp.maximum(diag_p / scale, 1e-3)
+
+
+def solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg):
+    """The planes ``D (T, K, K)`` that best fit the stars with their centres, fluxes and skies held.
+
+    ``coef (n, T)``: each star's monomials (a column of zeros switches a
+    term off: its plane comes out 0).  ``lam``: curvature penalty, in
+    units of the data's mean information per fine pixel.
+    """
+    dt = d.dtype
+    k, psf_size, size = sx.k, sx.psf_size, sx.size
+    kk = k * psf_size
+    n_t = coef.shape[1]
+    ay, ax = designs(xy, size, k, psf_size)
+    basis = _basis(kk, k, psf_size, dt)
+    scale, dloc = _info(flux, w, ay, ax)
+    fw = flux[:, None, None]
+    r = d - fw * _render(jnp.broadcast_to(p0, (xy.shape[0], kk, kk)), ay, ax) - sky[:, None, None]
+    lam_s = lam * scale
+    ridge = 1e-6 * scale
+
+    def adj(g):  # (n, S, S) -> (T, K, K)
+        m = jnp.einsum("nsk,nsl->nkl", ay, jnp.einsum("nsx,nxl->nsl", g, ax))
+        return jnp.einsum("nt,nkl->tkl", coef, m)
+
+    def normal(v):
+        v = _project(v, basis)
+        g = w * fw * _render(jnp.einsum("nt,tij->nij", coef, v), ay, ax)
+        pen = jax.vmap(lambda q: laplacian(dloc * laplacian(q)))(v)
+        return _project(adj(fw * g) + lam_s * pen + ridge * v, basis)
+
+    rhs = _project(adj(fw * w * r), basis)
+    # preconditioner: (coefficient Gram)^-1 across the planes, times the constant fit's stationary
+    # Fourier operator within each (the data's per-native-pixel coupling plus the curvature penalty)
+    info_s = flux**2 * jnp.sum(w, axis=(1, 2))
+    gram = jnp.einsum("nt,nu,n->tu", coef, coef, info_s) / jnp.maximum(jnp.sum(info_s), 1e-30)
+    off = jnp.sum(jnp.abs(coef), axis=0) == 0
+    gram = gram + jnp.diag(jnp.where(off, 1.0, 1e-6))
+    ginv = jnp.linalg.inv(gram)
+    fx = jnp.fft.fftfreq(kk).astype(dt)
+    tri = jnp.where(jnp.abs(fx) > 0,
+                    (jnp.sin(jnp.pi * fx * k) / (k * jnp.sin(jnp.pi * jnp.where(fx == 0, 1.0, fx)))) ** 2, 1.0)
+    chat = tri[:, None] * tri[None, :]
+    chat = chat / jnp.mean(chat)
+    lhat = (2 * jnp.cos(2 * jnp.pi * fx)[:, None] + 2 * jnp.cos(2 * jnp.pi * fx)[None, :] - 4) ** 2
+    gf = 1.0 / (chat + lam * lhat + 1e-6)
+    sdr = 1.0 / jnp.sqrt(jnp.maximum(dloc * scale, 1e-3 * scale))
+    cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
+
+    def precondition(v):
+        u = jax.vmap(lambda q: sdr * jnp.real(jnp.fft.ifft2(gf.astype(cdt) * jnp.fft.fft2(sdr * q))).astype(dt))(v)
+        return _project(jnp.einsum("tu,uij->tij", ginv, u), basis)
+
+    planes, _ = jax.scipy.sparse.linalg.cg(normal, rhs, x0=jnp.zeros((n_t, kk, kk), dt), M=precondition,
+                                           maxiter=n_cg, tol=1e-6)
+    planes = jnp.where(jnp.isfinite(planes), planes, 0.0)
+    return _project(planes, basis)
+
+
+def local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3):
+    """Gauss-Newton on each star's (x, y, flux, sky), each with its own PSF ``psfs (n, K, K)``."""
+    dt = d.dtype
+
+    def one(p, pos, f, b, data, ww):
+        def it(carry, _):
+            pos, f, b = carry
+            m1, cols = star_columns(p, pos, f, sx.size, sx.k, sx.psf_size)
+            r = data - (f * m1 + b)
+            wv = ww.reshape(-1)
+            h = cols.T @ (wv[:, None] * cols)
+            g = cols.T @ (wv * r.reshape(-1))
+            h = h + 1e-6 * jnp.diag(jnp.diag(h)) + 1e-30 * jnp.eye(4, dtype=dt)
+            step = jnp.linalg.solve(h, g)
+            step = jnp.where(jnp.isfinite(step), step, 0.0)
+            return (pos + jnp.clip(step[:2], -0.3, 0.3), f + step[2], b + step[3]), None
+
+        (pos, f, b), _ = jax.lax.scan(it, (pos, f, b), None, length=n_gn)
+        return pos, f, b
+
+    nxy, nflux, nsky = jax.vmap(one)(psfs, xy, flux, sky, d, w)
+    ok = jnp.sum(w > 0, axis=(1, 2)) > 3
+    return (jnp.where(ok[:, None], nxy, xy), jnp.where(ok, nflux, flux), jnp.where(ok, nsky, sky))
+
+
+def _models(psfs, xy, flux, sky, sx):
+    ay, ax = designs(xy, sx.size, sx.k, sx.psf_size)
+    return flux[:, None, None] * _render(psfs, ay, ax) + sky[:, None, None]
+
+
+def _reduced_chi2(d, m, w):
+    npix = jnp.sum(w > 0, axis=(1, 2))
+    r2 = jnp.sum(jnp.where(w > 0, (d - m) ** 2 * w, 0.0), axis=(1, 2))
+    return r2 / jnp.maximum(npix - 4, 1).astype(d.dtype), npix > 4
+
+
+def degree_scores(p0, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, sx, n_folds, n_cg):
+    """Every star's held-out reduced chi-square for every candidate degree, ``(n_degrees, n)``, and whether scored.
+
+    For each degree and fold the planes are fitted on the other folds' stars
+    (held at their fit on all stars); the fold's stars are then fitted with
+    only their centre, flux and sky free, each with the PSF at its position.
+    """
+
+    def one(args):
+        deg, f = args
+        c = coef * (tdeg <= deg)[None, :]
+        train = (fold != f) & (fold >= 0)
+        planes = solve_planes(p0, xy, flux, sky, w * train[:, None, None], d, c, lam, sx, n_cg)
+        psfs = _local(p0, planes, c)
+        txy, tf, tb = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
+        red, ok = _reduced_chi2(d, _models(psfs, txy, tf, tb, sx), w)
+        held = (fold == f) & ok
+        return jnp.where(held, red, 0.0), held
+
+    dd, ff = jnp.meshgrid(degrees, jnp.arange(n_folds, dtype=fold.dtype), indexing="ij")
+    red, held = jax.lax.map(one, (dd.reshape(-1), ff.reshape(-1)))
+    nd = degrees.shape[0]
+    red = red.reshape(nd, n_folds, -1).sum(1)
+    held = held.reshape(nd, n_folds, -1).any(1)
+    return red, held
+
+
+def final_fit(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=2):
+    """Planes and stars alternated ``rounds`` times; returns ``(planes, xy, flux, sky, models)``."""
+    planes = solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    for _ in range(rounds - 1):
+        xy, flux, sky = local_star_step(_local(p0, planes, coef), xy, flux, sky, w, d, sx, n_gn=3)
+        planes = solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    psfs = _local(p0, planes, coef)
+    xy, flux, sky = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
+    return planes, xy, flux, sky, _models(psfs, xy, flux, sky, sx)
+
+
+@partial(jax.jit, static_argnames=("sx", "n_folds", "n_cg", "max_deg"))
+def _cv_core(p0, xy, flux, sky, w, d, u, fold, lam, *, sx, n_folds, n_cg, max_deg):
+    coef = monomials(u, max_deg, xp=jnp).astype(d.dtype)
+    tdeg = jnp.asarray(term_degrees(max_deg))
+    return degree_scores(p0, xy, flux, sky, w, d, coef, tdeg, fold, lam, jnp.arange(max_deg + 1), sx, n_folds, n_cg)
+
+
+@partial(jax.jit, static_argnames=("sx", "n_cg", "max_deg"))
+def _final_core(p0, xy, flux, sky, w, d, u, lam, degree, *, sx, n_cg, max_deg):
+    dt = d.dtype
+    coef = monomials(u, max_deg, xp=jnp).astype(dt)
+    coef = coef * (jnp.asarray(term_degrees(max_deg)) <= degree)[None, :]
+    return final_fit(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+
+
+def choose_degree(red, held):
+    """The lowest degree whose held-out chi-square is within the noise of the best one's.
+
+    ``red, held (n_degrees, n)``.  Each degree's score is the mean held-out
+    reduced chi-square (each star capped at 5 x the median); a higher degree
+    is taken only when it beats every lower one by more than twice the
+    standard error of the stars' paired differences.
+    """
+    red = np.asarray(red, float)
+    ok = np.asarray(held, bool).all(0)
+    if ok.sum() < 3:
+        return 0, np.full(red.shape[0], np.nan)
+    r = red[:, ok]
+    cap = 5.0 * np.median(r, axis=1, keepdims=True)
+    r = np.minimum(r, cap)
+    scores = r.mean(1)
+    best = int(np.argmin(scores))
+    for cand in range(best):
+        diff = r[cand] - r[best]
+        se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.inf
+        if diff.mean() <= 2.0 * se:
+            return cand, scores
+    return best, scores
+
+
+def spatial_fit(p0, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=120):
+    """The spatially varying PSF of one band (device arrays in, numpy out), or None when degree 0 is chosen.
+
+    ``degree``: an int (already capped by the caller) or ``"auto"``;
+    ``fold``: the stars' folds (-1: not usable).  Returns a dict:
+    ``degree``, ``planes (T, K, K)`` (``PSF(u) = sum_t c_t(u) planes[t]``,
+    ``planes[0]`` including ``P0``), ``offset``, ``scale``, ``hull``, the
+    stars' refitted ``xy, flux, sky`` and ``model`` stamps, ``scores`` (each
+    degree's held-out score, ``"auto"`` only) and ``heldout_chi2`` (median
+    held-out reduced chi-square of the chosen degree).
+    """
+    dt = d.dtype
+    wn = np.asarray(w)
+    good = wn.reshape(wn.shape[0], -1).sum(1) > 0
+    offset, scale = normalise_positions(frame_xy, good)
+    u = jnp.asarray((np.asarray(frame_xy, float) - offset) / scale, dt)
+    lam = jnp.asarray(lam, dt)
+    scores, held_med = None, np.nan
+    if degree == "auto":
+        max_deg = max_degree(int(good.sum()))
+        if max_deg == 0 or n_folds < 2:
+            return None
+        red, held = _cv_core(p0, st_xy, st_flux, st_sky, w, d, u, jnp.asarray(fold), lam, sx=sx, n_folds=n_folds,
+                             n_cg=max(n_cg // 2, 40), max_deg=max_deg)
+        red, held = np.asarray(red, float), np.asarray(held)
+        chosen, scores = choose_degree(red, held)
+        if chosen == 0:
+            return {"degree": 0, "scores": scores}
+        held_med = float(np.median(red[chosen][held[chosen]]))
+    else:
+        chosen = max_deg = int(degree)
+    planes, xy, flux, sky, model = _final_core(p0, st_xy, st_flux, st_sky, w, d, u, lam, jnp.asarray(chosen),
+                                               sx=sx, n_cg=n_cg, max_deg=max_deg)
+    planes = np.asarray(planes, float)[: n_terms(chosen)]
+    planes[0] = planes[0] + np.asarray(p0, float)
+    return {"degree": chosen, "planes": planes, "offset": offset, "scale": scale,
+            "hull": convex_hull(np.asarray(frame_xy, float)[good]), "xy": np.asarray(xy), "flux": np.asarray(flux),
+            "sky": np.asarray(sky), "model": np.asarray(model), "scores": scores, "heldout_chi2": held_med}
