@@ -36,6 +36,12 @@ class BandSpec:
     ``"weight"`` replaces the computed sigma image; ``dq = "FILE[EXT]"`` or
     ``dq_hdu = EXT`` with ``dq_bad = [bit values]`` (default: any nonzero DQ
     is bad) and ``user_mask = "FILE[EXT]"`` (nonzero = masked) mask pixels.
+
+    ``preset`` (one of :data:`gsprep.presets.PRESETS`, e.g. ``"jwst_i2d"``)
+    fills every key above that the band leaves out from the survey's file
+    layout (:func:`gsprep.presets.apply_presets`, when the frame is read);
+    ``hdu`` and ``unit`` are then None until it has.  ``preset_notes`` is
+    set by it (what the preset assumed), not a TOML key.
     """
 
     file: str
@@ -54,6 +60,8 @@ class BandSpec:
     dq_hdu: int | str | None = None
     dq_bad: tuple | None = None
     user_mask: str | None = None
+    preset: str | None = None
+    preset_notes: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class PrepareConfig:
 _TARGET_KEYS = {"name", "ra", "dec", "x", "y", "r", "redshift"}
 _OPTION_KEYS = {f.name for f in fields(PrepareConfig)} - {"name", "ra", "dec", "x", "y", "r", "bands", "criteria",
                                                          "redshift"}
-_BAND_KEYS = {f.name for f in fields(BandSpec)}
+_BAND_KEYS = {f.name for f in fields(BandSpec)} - {"preset_notes"}
 _CRITERIA_KEYS = {f.name for f in fields(StarCriteria)}
 
 
@@ -168,6 +176,12 @@ def load_config(path, *, batch=False):
             raise ValueError(msg)
         if not os.path.isabs(spec["file"]):
             spec["file"] = os.path.join(here, spec["file"])
+        if "preset" in spec:
+            from .presets import check_preset
+
+            spec["preset"] = _in_section(f"bands.{name}", lambda spec=spec: check_preset(spec["preset"]))
+            spec.setdefault("hdu", None)  # from the preset, when the frame is read
+            spec.setdefault("unit", None)
         for key in ("noise", "dq", "user_mask"):
             if key in spec:
                 spec[key] = _in_section(f"bands.{name}", lambda key=key, spec=spec: _map_ref(key, spec[key], here))
@@ -265,11 +279,13 @@ def _checked_options(options):
 def _checked_band(spec):
     """A band's values checked (the TOML keys are the field names)."""
     check_positive("fwhm", spec.fwhm)
-    check_choice("unit", spec.unit, ("cR", "counts"))
+    if not (spec.preset is not None and spec.unit is None):
+        check_choice("unit", spec.unit, ("cR", "counts"))
     if spec.filter is not None and not (isinstance(spec.filter, str) and spec.filter.strip()):
         msg = f"filter must be a GalfitS filter name (a string such as 'sloan_g'), got {spec.filter!r}"
         raise TypeError(msg)
-    if not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool):
+    if (not isinstance(spec.hdu, (int, str)) or isinstance(spec.hdu, bool)) and not (
+            spec.preset is not None and spec.hdu is None):
         msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
         raise TypeError(msg)
     spec = _checked_maps(spec)
@@ -338,7 +354,7 @@ def _checked_maps(spec):
         check_choice("noise_kind", spec.noise_kind, tuple(NOISE_KINDS))
     dq_bad = spec.dq_bad
     if dq_bad is not None:
-        if spec.dq is None and spec.dq_hdu is None:
+        if spec.dq is None and spec.dq_hdu is None and spec.preset is None:
             msg = "dq_bad is set but no DQ map: give dq = \"FILE[EXT]\" or dq_hdu = EXT"
             raise ValueError(msg)
         ok = (isinstance(dq_bad, (list, tuple)) and len(dq_bad) > 0

@@ -22,7 +22,8 @@ from ._checks import check_choice, header_positive
 from .results import EPSFResult, psf_shape
 from .wcs import STANDIN_CRVAL, WCS_TOL, StandInWCSWarning, cut_wcs_header, pixel_scale, strip_wcs, wcs_deviation
 
-__all__ = ["Image", "HeaderWarning", "read_image", "write_cutout", "write_psf", "read_psf", "atomic_write", "strip_wcs"]
+__all__ = ["Image", "HeaderWarning", "AssumptionWarning", "read_image", "write_cutout", "write_psf", "read_psf",
+           "atomic_write", "strip_wcs"]
 
 UNITS = ("cR", "counts")
 
@@ -48,7 +49,10 @@ class Image:
     pixel_scale : float or None
         Mean pixel scale in arcsec / pixel, from the WCS.
     exptime, gain : float or None
-        EXPTIME (s) and GAIN (e-/ADU) from the header when present and valid.
+        EXPTIME (s) and GAIN (e-/ADU) from the header when present and valid
+        (an ``EXPOSURE`` whose comment says minutes, as on DSS plates, is
+        converted to seconds; one without a unit is taken as seconds with
+        an :class:`AssumptionWarning`).
     """
 
     data: np.ndarray
@@ -80,6 +84,35 @@ def _header_number(header, keys, path):
 
 class HeaderWarning(UserWarning):
     """astropy had to fix or could not parse part of a frame's header (one warning per frame read)."""
+
+
+class AssumptionWarning(UserWarning):
+    """gsprep had to assume a value the frame or the config did not give (a gain, a unit, a preset's recipe).
+
+    Always one line that names what was assumed and how to give it instead.
+    """
+
+
+def _header_exptime(header, path):
+    """EXPTIME (s), else EXPOSURE: seconds unless its comment says minutes (DSS plates: ``Exposure time minutes``).
+
+    An EXPOSURE in minutes (its comment says so) is converted to seconds; an EXPOSURE whose comment names no
+    unit is taken as seconds, with one :class:`AssumptionWarning` line.
+    """
+    t = _header_number(header, ("EXPTIME",), path)
+    if t is not None or "EXPOSURE" not in header:
+        return t
+    v = _header_number(header, ("EXPOSURE",), path)
+    if v is None:
+        return None
+    comment = str(header.comments["EXPOSURE"]).lower()
+    if "min" in comment:  # the header says so: nothing assumed
+        return 60.0 * v
+    if "sec" in comment or comment.strip() in ("s", "[s]", "(s)"):
+        return v
+    warnings.warn(f"{path}: no EXPTIME; header EXPOSURE = {v:g} names no unit and is taken as seconds; "
+                  "give exptime = SECONDS in the band's config if it is not", AssumptionWarning, stacklevel=3)
+    return v
 
 
 class _HDUError(Exception):
@@ -211,7 +244,7 @@ def read_image(path, hdu=0, *, unit="cR", band=None):
         unit=unit,
         band=band,
         pixel_scale=scale,
-        exptime=_header_number(header, ("EXPTIME", "EXPOSURE"), path),
+        exptime=_header_exptime(header, path),
         gain=_header_number(header, ("GAIN", "CCDGAIN"), path),
     )
 

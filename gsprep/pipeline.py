@@ -19,7 +19,7 @@ from astropy.table import Table
 
 from ._bits import BAD, USER
 from .cutouts import Cutout, cutout
-from .io import Image, read_image, read_map
+from .io import AssumptionWarning, Image, read_image, read_map
 from .masks import Mask, TargetNotFoundError, cutout_mask
 from .noise import sigma_from_map, sigma_image
 from .psf import EPSFResult, fit_epsf
@@ -89,6 +89,11 @@ def _band_map(spec, key, image):
 def _band_maps(spec, image):
     """The band's :class:`BandMaps`, or None when it has no noise, DQ or user-mask key (errors unprefixed)."""
     noise = _band_map(spec, "noise", image)
+    kind = spec.noise_kind
+    if noise is None and spec.preset is not None:  # a preset whose error is a recipe (SDSS frames)
+        from .presets import preset_noise
+
+        noise, kind = preset_noise(spec, image), "rms"
     dq = _band_map(spec, "dq", image)
     user = _band_map(spec, "user_mask", image)
     if noise is None and dq is None and user is None:
@@ -97,9 +102,9 @@ def _band_maps(spec, image):
     sigma, bad = None, np.zeros(shape, bool)
     if noise is not None:
         try:
-            sigma, bad = sigma_from_map(noise[0], spec.noise_kind)
+            sigma, bad = sigma_from_map(noise[0], kind)
         except ValueError as exc:
-            msg = f"{noise[2]} ({noise[1]}, noise_kind = {spec.noise_kind!r}): {exc}"
+            msg = f"{noise[2]} ({noise[1]}, noise_kind = {kind!r}): {exc}"
             raise ValueError(msg) from None
     if dq is not None:
         values = dq[0]
@@ -157,9 +162,18 @@ def _band_inputs(image, spec, band):
     if not isinstance(image, Image):
         msg = f"image must be a gsprep Image (from read_image), got {type(image).__name__}"
         raise TypeError(msg)
+    from .presets import has_noise_map
+
     exptime = spec.exptime or image.exptime
-    gain = spec.gain or image.gain or 1.0
-    if spec.unit == "cR" and exptime is None:
+    gain = spec.gain or image.gain
+    noise_map = has_noise_map(spec)  # the sigma image is the map's: no gain or exposure time needed
+    if gain is None:
+        gain = 1.0
+        if not noise_map:
+            warnings.warn(f"band {band}: no GAIN in the header of {spec.file} and no gain in [bands.{band}]: 1 e-/ADU "
+                          f"assumed for the sigma image's source Poisson noise; give gain = E_PER_ADU in [bands.{band}]",
+                          AssumptionWarning, stacklevel=3)
+    if spec.unit == "cR" and exptime is None and not noise_map:
         msg = (f"band {band}: no EXPTIME in the header of its frame and count-rate data need one; give "
                f'exptime = SECONDS in [bands.{band}] of the config (or unit = "counts" for data in counts)')
         raise ValueError(msg)
@@ -541,6 +555,9 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False)
     ``overwrite``.
     """
     check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
+    from .presets import apply_presets
+
+    config = apply_presets(config)  # each band's preset filled in from its file (an error stops here)
     images, read_errors = read_bands(config)
     maps = read_band_maps(config, images)  # a bad noise / DQ / mask map stops here, before any work
     products = prepare_target(images, config.ra, config.dec, config, progress=progress, maps=maps) if images else {}
