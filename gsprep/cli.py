@@ -62,6 +62,13 @@ def _check_psf_args(args):
     check_positive("--saturation", args.saturation, allow_none=True)
     check_positive("--exptime", args.exptime, allow_none=True)
     check_positive("--gain", args.gain, allow_none=True)
+    if args.preset is not None:
+        from .presets import check_preset
+
+        try:
+            check_preset(args.preset)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
     if args.stars and args.gaia:
         msg = "give --stars FILE or --gaia, not both"
         raise ValueError(msg)
@@ -93,9 +100,23 @@ def cmd_psf(args):
     if there and not args.overwrite:
         msg = f"--out: figure {there[0]!r} exists; add --overwrite to replace it (or --no-figures)"
         raise FileExistsError(msg)
-    img = read_image(args.image, args.hdu, unit=args.unit)
-    exptime = args.exptime or img.exptime
-    if args.unit == "cR" and exptime is None:
+    spec = maps = None
+    if args.preset:  # the preset's layout: HDU, unit, noise and DQ maps, exposure time, gain (the flags win)
+        from .config import BandSpec
+        from .pipeline import _band_maps
+        from .presets import resolve_band
+
+        spec = resolve_band(BandSpec(file=args.image, fwhm=args.fwhm, hdu=args.hdu, unit=args.unit,
+                                     exptime=args.exptime, gain=args.gain, preset=args.preset),
+                            band=os.path.basename(args.image))
+    hdu = spec.hdu if spec else (0 if args.hdu is None else args.hdu)
+    unit = spec.unit if spec else (args.unit or "cR")
+    img = read_image(args.image, hdu, unit=unit)
+    if spec:
+        maps = _band_maps(spec, img)
+    noise_map = maps is not None and maps.sigma is not None
+    exptime = args.exptime or (spec and spec.exptime) or img.exptime
+    if unit == "cR" and exptime is None and not noise_map:
         msg = (f"{args.image}: no EXPTIME in the header and count-rate data need one; give --exptime SECONDS "
                "(or --unit counts for data in counts)")
         raise ValueError(msg)
@@ -105,9 +126,23 @@ def cmd_psf(args):
     _say(args, f"{args.image}: sky")
     # the same frame-level stages as gsprep prepare
     sky, keep_out = frame_sky(img, fwhm=args.fwhm, order=args.sky_order, method=args.sky_method, box=args.sky_box,
-                              label=args.image)
+                              label=args.image, bad=None if maps is None else maps.bad | maps.user)
     clean = img.data - sky.background
-    sigma = frame_sigma(clean, sky, exptime=exptime, gain=args.gain or img.gain or 1.0, unit=args.unit)
+    if noise_map:
+        from .pipeline import _fill_sigma
+
+        sigma = _fill_sigma(maps.sigma, maps.bad, ~maps.bad)
+    else:
+        gain = args.gain or (spec and spec.gain) or img.gain
+        if gain is None:
+            import warnings
+
+            from .io import AssumptionWarning
+
+            warnings.warn(f"{args.image}: no GAIN in the header and no --gain: 1 e-/ADU assumed for the sigma "
+                          "image's source Poisson noise; give --gain E_PER_ADU", AssumptionWarning, stacklevel=2)
+            gain = 1.0
+        sigma = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=unit)
     reference = None
     if args.stars:
         reference = Table.read(args.stars)
@@ -134,7 +169,7 @@ def cmd_psf(args):
         from .plots import fig_funnel, fig_psf, fig_sky, fig_stars
 
         name = os.path.basename(stem)
-        fig_sky(img.data, sky.background, keep_out, rms=sky.rms, unit=args.unit, title=f"{name}: sky subtraction",
+        fig_sky(img.data, sky.background, keep_out, rms=sky.rms, unit=unit, title=f"{name}: sky subtraction",
                 save=figures["sky"])
         fig_funnel(sel, title=f"{name}: PSF star selection", save=figures["funnel"])
         fig_stars(stamps, res, title=f"{name}: PSF stars", save=figures["stars"])
@@ -251,12 +286,17 @@ def build_parser():
     ps.add_argument("image", help="FITS frame")
     ps.add_argument("--fwhm", type=float, required=True, help="PSF FWHM guess, pixels (required)")
     ps.add_argument("--out", required=True, help="PSF FITS file to write (required)")
-    ps.add_argument("--hdu", type=int, default=0, help="HDU index of the image (default: %(default)s)")
-    ps.add_argument("--unit", default="cR", choices=["cR", "counts"],
-                    help="data unit: count rate (counts/s) or counts (default: %(default)s)")
+    ps.add_argument("--hdu", type=int, default=None,
+                    help="HDU index of the image (default: 0) or, with --preset, the preset's")
+    ps.add_argument("--unit", default=None, choices=["cR", "counts"],
+                    help="data unit: count rate (counts/s) or counts (default: cR) or, with --preset, the preset's")
+    ps.add_argument("--preset", default=None,
+                    help="survey file layout: jwst_i2d, hst_drz, hst_drc, legacy, sdss_frame, 2mass or mef; its "
+                         "noise and DQ maps, exposure time, gain and units are used (the flags above win)")
     ps.add_argument("--exptime", type=float, default=None,
                     help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")
-    ps.add_argument("--gain", type=float, default=None, help="e-/ADU (default: GAIN from the header, else 1)")
+    ps.add_argument("--gain", type=float, default=None,
+                    help="e-/ADU (default: GAIN from the header, else 1 with a warning)")
     ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec in degrees) to match the stars to "
                                     "(default: none, stars chosen by shape alone)")
     ps.add_argument("--gaia", action="store_true",

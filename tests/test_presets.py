@@ -308,3 +308,40 @@ def test_dss_exposure_in_minutes(tmp_path):
     fits.PrimaryHDU(np.ones((5, 5), np.float32), h).writeto(tmp_path / "e.fits")
     with pytest.warns(AssumptionWarning, match=r"EXPOSURE = 50 names no unit and is taken as seconds"):
         assert read_image(tmp_path / "e.fits").exptime == 50.0
+
+
+def test_cli_psf_unknown_preset(tmp_path, capsys):
+    from gsprep.cli import main
+
+    fits.PrimaryHDU(scene().astype(np.float32), wcs_header()).writeto(tmp_path / "f.fits")
+    out = tmp_path / "p.fits"
+    assert main(["psf", str(tmp_path / "f.fits"), "--fwhm", "2.5", "--out", str(out), "--preset", "foo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gsprep: error: --preset: unknown 'foo' (known: {', '.join(PRESETS)})"]
+    assert sorted(os.listdir(tmp_path)) == ["f.fits"]
+
+
+def test_cli_psf_preset_reads_the_layout(tmp_path, monkeypatch):
+    """`gsprep psf --preset jwst_i2d`: the SCI image, its DQ-bad pixels kept out of the sky (stopped there)."""
+    from gsprep.cli import main
+
+    sci = scene(level=0.5)
+    dq = np.zeros((N, N), np.int32)
+    dq[BADPIX] = 1
+    h = wcs_header()
+    h["BUNIT"], h["PIXAR_SR"] = "MJy/sr", 2.29e-14
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci.astype(np.float32), h, name="SCI"),
+                  fits.ImageHDU(np.full((N, N), 0.03, np.float32), name="ERR"),
+                  fits.ImageHDU(dq, name="DQ")]).writeto(tmp_path / "jw_i2d.fits")
+    seen = {}
+
+    def stop(img, **kw):
+        seen.update(data=img.data, bad=kw["bad"])
+        raise ValueError("stopped after the sky mask")
+
+    monkeypatch.setattr("gsprep.pipeline.frame_sky", stop)
+    argv = ["psf", str(tmp_path / "jw_i2d.fits"), "--fwhm", "2.5", "--out", str(tmp_path / "p.fits"),
+            "--preset", "jwst_i2d", "--quiet"]
+    assert main(argv) == 2  # no EXPTIME needed: the ERR map is the noise
+    np.testing.assert_allclose(seen["data"], sci.astype(np.float32))
+    assert seen["bad"][BADPIX] and seen["bad"].sum() == 1
