@@ -447,7 +447,7 @@ def _finite(v, default=-1.0):
     return v if np.isfinite(v) else default
 
 
-def write_psf(path, result, *, stars=None, header=None, overwrite=False):
+def write_psf(path, result, *, stars=None, header=None, overwrite=False, at=None):
     """Write a PSF file: primary HDU = the PSF (float32, sum 1), plus a ``STARS`` table.
 
     With ``oversampling > 1`` two more image HDUs follow the ``STARS``
@@ -478,12 +478,35 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
         :func:`gsprep.select_stars`), one row per fitted star.
     header : astropy.io.fits.Header, optional
         Extra cards for the primary header.
+    at : (x, y), optional
+        Frame pixel (0-based) whose PSF to write: with a spatially varying
+        result (``degree > 0``) the primary image (and ``NATIVE``/``FINE``)
+        is :meth:`EPSFResult.psf_at` there (warns outside the stars' convex
+        hull), recorded as ``PSF_X``/``PSF_Y``; a constant PSF is the same
+        everywhere.  A varying result also gets its spatial model in two
+        extensions after the others, ``SPATIAL`` (the polynomial's planes,
+        ``(T, K, K)``; ``PSFDEG``, ``POLZERO1/2``, ``POLSCAL1/2``: normalised
+        position ``(x - POLZERO) / POLSCAL``, terms ``1, x, y, x^2, x y, y^2,
+        ...``) and ``HULL`` (the stars' convex hull), so :func:`read_psf`
+        can evaluate it anywhere.
     """
     from astropy.table import Table
 
     from . import __version__
 
     psf = np.asarray(result.psf, dtype=float)
+    spatial = getattr(result, "spatial", None)
+    if at is not None:
+        try:
+            ax_, ay_ = (float(v) for v in at)
+        except (TypeError, ValueError):
+            msg = f"at must be a frame pixel (x, y), got {at!r}"
+            raise ValueError(msg) from None
+        if not (np.isfinite(ax_) and np.isfinite(ay_)):
+            msg = f"at must be finite, got {at!r}"
+            raise ValueError(msg)
+        if spatial is not None and psf.ndim == 2:
+            psf = np.asarray(result.psf_at(ax_, ay_), dtype=float)
     if psf.ndim != 2:
         msg = f"result.psf must be one band (2-D); got shape {psf.shape}: write one band at a time"
         raise ValueError(msg)
@@ -520,6 +543,13 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
             value = shape[field]
         hdr[key] = (_finite(value, -1.0), comment)
     hdr["REGKIND"] = (str(getattr(result, "reg_kind", "") or "none"), "regularisation kind (profile/smooth)")
+    hdr["PSFDEG"] = (int(np.max(getattr(result, "degree", 0) or 0)), "degree of the PSF's variation across the frame")
+    if at is not None:
+        hdr["PSF_X"] = (ax_, "frame pixel x (0-based) of this PSF")
+        hdr["PSF_Y"] = (ay_, "frame pixel y (0-based) of this PSF")
+    elif spatial is not None:
+        hdr["PSF_X"] = (float(spatial["offset"][0]), "frame pixel x (0-based) of this PSF (stars' centre)")
+        hdr["PSF_Y"] = (float(spatial["offset"][1]), "frame pixel y (0-based) of this PSF (stars' centre)")
     hdr["GSPVER"] = (__version__, "gsprep version")
     t = Table()
     cen = np.asarray(result.centers, dtype=float).reshape(n, 2)
@@ -550,6 +580,16 @@ def write_psf(path, result, *, stars=None, header=None, overwrite=False):
         fin.header["OVERSAMP"] = (k, "PSF sub-pixels per native pixel (per axis)")
         fin.header["COMMENT"] = "the oversampled PSF on an odd grid, centred on its central sub-pixel, sum 1"
         hdus += [nat, fin]
+    if spatial is not None:
+        sp = fits.ImageHDU(np.asarray(spatial["planes"], np.float64), name="SPATIAL")
+        sp.header["PSFDEG"] = (int(spatial["degree"]), "total degree of the polynomial in frame position")
+        for i, key in enumerate(("1", "2")):
+            sp.header[f"POLZERO{key}"] = (float(spatial["offset"][i]), f"{'xy'[i]} offset, 0-based frame px")
+            sp.header[f"POLSCAL{key}"] = (float(spatial["scale"][i]), f"{'xy'[i]} scale, px")
+        sp.header["COMMENT"] = ("PSF(x, y) = sum_t c_t planes[t], c = 1, u, v, u^2, u v, v^2, ... with "
+                                "u = (x - POLZERO1) / POLSCAL1, v = (y - POLZERO2) / POLSCAL2")
+        hull = np.asarray(spatial["hull"], float).reshape(-1, 2)
+        hdus += [sp, fits.BinTableHDU(Table({"x": hull[:, 0], "y": hull[:, 1]}), name="HULL")]
     with atomic_write(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
@@ -601,12 +641,22 @@ def read_psf(path):
             raise ValueError(msg)
         psf = np.array(hdul[0].data, dtype=float)
         t = Table.read(hdul["STARS"]) if "STARS" in hdul else None
+        spatial = None
+        if "SPATIAL" in hdul:
+            sh = hdul["SPATIAL"].header
+            hull = Table.read(hdul["HULL"]) if "HULL" in hdul else None
+            spatial = {"degree": int(sh["PSFDEG"]), "planes": np.array(hdul["SPATIAL"].data, dtype=float),
+                       "offset": np.array([sh["POLZERO1"], sh["POLZERO2"]], float),
+                       "scale": np.array([sh["POLSCAL1"], sh["POLSCAL2"]], float),
+                       "hull": np.zeros((0, 2)) if hull is None else np.column_stack([hull["x"], hull["y"]]),
+                       "scores": None}
     psf = psf / psf.sum()
     report = {field: (float(hdr[key]) if float(hdr[key]) != -1.0 else np.nan)
               for key, (field, _) in _REPORT.items() if key in hdr}
     report.update(oversampling=int(hdr["OVERSAMP"]), converged=bool(hdr.get("CONVERGE", True)),
                   n_iter=int(hdr.get("NITER", 0)), reg_kind=str(hdr.get("REGKIND", "")),
-                  fwhm=float(hdr["FWHM"]) if float(hdr.get("FWHM", -1)) > 0 else np.nan)
+                  fwhm=float(hdr["FWHM"]) if float(hdr.get("FWHM", -1)) > 0 else np.nan,
+                  degree=int(hdr.get("PSFDEG", 0)), spatial=spatial)
     if t is None:
         empty = np.zeros(0)
         return EPSFResult(psf, np.zeros((0, 2)), empty, empty, empty, empty, np.zeros(0, np.int32), **report)

@@ -224,17 +224,18 @@ def convex_hull(points):
     return np.array(lower[:-1] + upper[:-1])
 
 
-def inside_hull(hull, x, y, tol=1e-6):
-    """Whether ``(x, y)`` lies inside (or on) the convex polygon ``hull`` (counter-clockwise vertices)."""
+def inside_hull(hull, x, y, tol=1.0):
+    """Whether ``(x, y)`` lies inside the convex polygon ``hull`` (counter-clockwise vertices), or within ``tol`` px of it."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     h = np.asarray(hull, float)
     if len(h) < 3:
         return np.zeros(np.broadcast(x, y).shape, bool)
     ok = np.ones(np.broadcast(x, y).shape, bool)
-    scale = max(np.ptp(h[:, 0]), np.ptp(h[:, 1]), 1.0)
     for i in range(len(h)):
         a, b = h[i], h[(i + 1) % len(h)]
-        ok &= (b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0]) >= -tol * scale**2
+        edge = max(float(np.hypot(*(b - a))), 1e-12)
+        # signed distance to the edge's line, positive inside
+        ok &= ((b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0])) / edge >= -tol
     return ok
 
 

@@ -408,7 +408,7 @@ def _spatial_band(o, dd, fold, origins, n, degree, sx, n_folds, dt, band=None):
     frame = np.zeros((n_fit, 2))
     frame[:n] = origins + np.asarray(st.xy, float)[:n]
     cast = partial(jnp.asarray, dtype=dt)
-    sp = spatial_fit(cast(o["psf"]), cast(st.xy), cast(st.flux), cast(st.sky), cast(w), cast(dd), frame, fold,
+    sp = spatial_fit(cast(o["psf"]), cast(st.theta), cast(st.xy), cast(st.flux), cast(st.sky), cast(w), cast(dd), frame, fold,
                      float(o["lam"]), degree, sx, n_folds=n_folds)
     if sp is None or sp["degree"] == 0:
         return sp

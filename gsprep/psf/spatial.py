@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..results import convex_hull, monomials, n_terms, term_degrees
-from .model import adjoint, centre, designs, laplacian, star_columns
+from .model import adjoint, centre, designs, laplacian, moffat_fine, star_columns
 
 __all__ = ["max_degree", "normalise_positions", "spatial_fit"]
 
@@ -91,9 +91,13 @@ def _info(flux, w, ay, ax):
     return scale, jnp.maximum(diag_p / scale, 1e-3)
 
 
-def solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg):
+def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg):
     """The planes ``D (T, K, K)`` that best fit the stars with their centres, fluxes and skies held.
 
+    Each plane is ``J a_t + R_t``: a change of the reference Moffat's
+    parameters (``jac (K, K, 4)``: its derivatives; free, not penalised, so
+    a change of width or ellipticity across the frame costs nothing) plus
+    a pixel correction ``R_t`` with the constant fit's curvature penalty.
     ``coef (n, T)``: each star's monomials (a column of zeros switches a
     term off: its plane comes out 0).  ``lam``: curvature penalty, in
     units of the data's mean information per fine pixel.
@@ -104,25 +108,34 @@ def solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg):
     n_t = coef.shape[1]
     ay, ax = designs(xy, size, k, psf_size)
     basis = _basis(kk, k, psf_size, dt)
+    jac = jnp.moveaxis(_project(jnp.moveaxis(jac, -1, 0), basis), 0, -1)  # (K, K, 4), no sum, no shift
     scale, dloc = _info(flux, w, ay, ax)
     fw = flux[:, None, None]
     r = d - fw * _render(jnp.broadcast_to(p0, (xy.shape[0], kk, kk)), ay, ax) - sky[:, None, None]
     lam_s = lam * scale
     ridge = 1e-6 * scale
 
+    def planes_of(v):
+        rp, a = v
+        return _project(rp, basis) + jnp.einsum("ijc,tc->tij", jac, a)
+
     def adj(g):  # (n, S, S) -> (T, K, K)
         m = jnp.einsum("nsk,nsl->nkl", ay, jnp.einsum("nsx,nxl->nsl", g, ax))
         return jnp.einsum("nt,nkl->tkl", coef, m)
 
     def normal(v):
-        v = _project(v, basis)
-        g = w * fw * _render(jnp.einsum("nt,tij->nij", coef, v), ay, ax)
-        pen = jax.vmap(lambda q: laplacian(dloc * laplacian(q)))(v)
-        return _project(adj(fw * g) + lam_s * pen + ridge * v, basis)
+        rp = _project(v[0], basis)
+        g = w * fw * _render(jnp.einsum("nt,tij->nij", coef, planes_of(v)), ay, ax)
+        back = adj(fw * g)
+        pen = jax.vmap(lambda q: laplacian(dloc * laplacian(q)))(rp)
+        return (_project(back + lam_s * pen + ridge * rp, basis),
+                jnp.einsum("ijc,tij->tc", jac, back) + ridge * v[1])
 
-    rhs = _project(adj(fw * w * r), basis)
+    b0 = adj(fw * w * r)
+    rhs = (_project(b0, basis), jnp.einsum("ijc,tij->tc", jac, b0))
     # preconditioner: (coefficient Gram)^-1 across the planes, times the constant fit's stationary
-    # Fourier operator within each (the data's per-native-pixel coupling plus the curvature penalty)
+    # Fourier operator within each (the data's per-native-pixel coupling plus the curvature penalty);
+    # the Moffat coefficients by their own data curvature
     info_s = flux**2 * jnp.sum(w, axis=(1, 2))
     gram = jnp.einsum("nt,nu,n->tu", coef, coef, info_s) / jnp.maximum(jnp.sum(info_s), 1e-30)
     off = jnp.sum(jnp.abs(coef), axis=0) == 0
@@ -137,15 +150,16 @@ def solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg):
     gf = 1.0 / (chat + lam * lhat + 1e-6)
     sdr = 1.0 / jnp.sqrt(jnp.maximum(dloc * scale, 1e-3 * scale))
     cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
+    hj = jnp.einsum("ijc,ij->c", jac**2, dloc * scale) + 1e-30
 
     def precondition(v):
-        u = jax.vmap(lambda q: sdr * jnp.real(jnp.fft.ifft2(gf.astype(cdt) * jnp.fft.fft2(sdr * q))).astype(dt))(v)
-        return _project(jnp.einsum("tu,uij->tij", ginv, u), basis)
+        u = jax.vmap(lambda q: sdr * jnp.real(jnp.fft.ifft2(gf.astype(cdt) * jnp.fft.fft2(sdr * q))).astype(dt))(v[0])
+        return (_project(jnp.einsum("tu,uij->tij", ginv, u), basis), jnp.einsum("tu,uc->tc", ginv, v[1]) / hj)
 
-    planes, _ = jax.scipy.sparse.linalg.cg(normal, rhs, x0=jnp.zeros((n_t, kk, kk), dt), M=precondition,
-                                           maxiter=n_cg, tol=1e-6)
-    planes = jnp.where(jnp.isfinite(planes), planes, 0.0)
-    return _project(planes, basis)
+    x0 = (jnp.zeros((n_t, kk, kk), dt), jnp.zeros((n_t, jac.shape[-1]), dt))
+    sol, _ = jax.scipy.sparse.linalg.cg(normal, rhs, x0=x0, M=precondition, maxiter=n_cg, tol=1e-6)
+    sol = jax.tree_util.tree_map(lambda a: jnp.where(jnp.isfinite(a), a, 0.0), sol)
+    return planes_of(sol)
 
 
 def local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3):
@@ -184,7 +198,7 @@ def _reduced_chi2(d, m, w):
     return r2 / jnp.maximum(npix - 4, 1).astype(d.dtype), npix > 4
 
 
-def degree_scores(p0, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, sx, n_folds, n_cg):
+def degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, sx, n_folds, n_cg):
     """Every star's held-out reduced chi-square for every candidate degree, ``(n_degrees, n)``, and whether scored.
 
     For each degree and fold the planes are fitted on the other folds' stars
@@ -196,7 +210,7 @@ def degree_scores(p0, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, sx, n
         deg, f = args
         c = coef * (tdeg <= deg)[None, :]
         train = (fold != f) & (fold >= 0)
-        planes = solve_planes(p0, xy, flux, sky, w * train[:, None, None], d, c, lam, sx, n_cg)
+        planes = solve_planes(p0, jac, xy, flux, sky, w * train[:, None, None], d, c, lam, sx, n_cg)
         psfs = _local(p0, planes, c)
         txy, tf, tb = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
         red, ok = _reduced_chi2(d, _models(psfs, txy, tf, tb, sx), w)
@@ -211,30 +225,36 @@ def degree_scores(p0, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, sx, n
     return red, held
 
 
-def final_fit(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=2):
+def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=2):
     """Planes and stars alternated ``rounds`` times; returns ``(planes, xy, flux, sky, models)``."""
-    planes = solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg)
     for _ in range(rounds - 1):
         xy, flux, sky = local_star_step(_local(p0, planes, coef), xy, flux, sky, w, d, sx, n_gn=3)
-        planes = solve_planes(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+        planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg)
     psfs = _local(p0, planes, coef)
     xy, flux, sky = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
     return planes, xy, flux, sky, _models(psfs, xy, flux, sky, sx)
 
 
+def _moffat_jac(theta, sx):
+    """Derivatives ``(K, K, 4)`` of the reference Moffat with respect to its parameters."""
+    return jax.jacfwd(lambda th: moffat_fine(th, sx.k, sx.psf_size))(theta)
+
+
 @partial(jax.jit, static_argnames=("sx", "n_folds", "n_cg", "max_deg"))
-def _cv_core(p0, xy, flux, sky, w, d, u, fold, lam, *, sx, n_folds, n_cg, max_deg):
+def _cv_core(p0, theta, xy, flux, sky, w, d, u, fold, lam, *, sx, n_folds, n_cg, max_deg):
     coef = monomials(u, max_deg, xp=jnp).astype(d.dtype)
     tdeg = jnp.asarray(term_degrees(max_deg))
-    return degree_scores(p0, xy, flux, sky, w, d, coef, tdeg, fold, lam, jnp.arange(max_deg + 1), sx, n_folds, n_cg)
+    jac = _moffat_jac(theta, sx)
+    return degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, jnp.arange(max_deg + 1), sx, n_folds, n_cg)
 
 
 @partial(jax.jit, static_argnames=("sx", "n_cg", "max_deg"))
-def _final_core(p0, xy, flux, sky, w, d, u, lam, degree, *, sx, n_cg, max_deg):
+def _final_core(p0, theta, xy, flux, sky, w, d, u, lam, degree, *, sx, n_cg, max_deg):
     dt = d.dtype
     coef = monomials(u, max_deg, xp=jnp).astype(dt)
     coef = coef * (jnp.asarray(term_degrees(max_deg)) <= degree)[None, :]
-    return final_fit(p0, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    return final_fit(p0, _moffat_jac(theta, sx), xy, flux, sky, w, d, coef, lam, sx, n_cg)
 
 
 def choose_degree(red, held):
@@ -262,7 +282,7 @@ def choose_degree(red, held):
     return best, scores
 
 
-def spatial_fit(p0, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=120):
+def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=120):
     """The spatially varying PSF of one band (device arrays in, numpy out), or None when degree 0 is chosen.
 
     ``degree``: an int (already capped by the caller) or ``"auto"``;
@@ -284,7 +304,7 @@ def spatial_fit(p0, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, s
         max_deg = max_degree(int(good.sum()))
         if max_deg == 0 or n_folds < 2:
             return None
-        red, held = _cv_core(p0, st_xy, st_flux, st_sky, w, d, u, jnp.asarray(fold), lam, sx=sx, n_folds=n_folds,
+        red, held = _cv_core(p0, theta, st_xy, st_flux, st_sky, w, d, u, jnp.asarray(fold), lam, sx=sx, n_folds=n_folds,
                              n_cg=max(n_cg // 2, 40), max_deg=max_deg)
         red, held = np.asarray(red, float), np.asarray(held)
         chosen, scores = choose_degree(red, held)
@@ -293,7 +313,7 @@ def spatial_fit(p0, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, s
         held_med = float(np.median(red[chosen][held[chosen]]))
     else:
         chosen = max_deg = int(degree)
-    planes, xy, flux, sky, model = _final_core(p0, st_xy, st_flux, st_sky, w, d, u, lam, jnp.asarray(chosen),
+    planes, xy, flux, sky, model = _final_core(p0, theta, st_xy, st_flux, st_sky, w, d, u, lam, jnp.asarray(chosen),
                                                sx=sx, n_cg=n_cg, max_deg=max_deg)
     planes = np.asarray(planes, float)[: n_terms(chosen)]
     planes[0] = planes[0] + np.asarray(p0, float)

@@ -1,0 +1,144 @@
+"""The PSF across the frame (issue 15): fit_epsf(degree=...), EPSFResult.psf_at, write_psf(at=)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gsprep
+from gsprep.io import read_psf, write_psf
+from gsprep.results import PSFExtrapolationWarning
+from gsprep.simulate import moffat_psf
+
+S = 19
+L = 2000.0
+
+
+def _shape(x, y):
+    """A PSF that varies linearly across a 2000 x 2000 frame: FWHM 2.7-3.3 px, e1 -0.06..0.06."""
+    ux, uy = 2 * x / L - 1, 2 * y / L - 1
+    return {"fwhm": 3.0 * (1 + 0.1 * ux), "e1": 0.06 * uy, "e2": 0.0, "beta": 3.0}
+
+
+def _field(n, seed=2, vary=True):
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(0, L, (n, 2))
+    pos[:4] = [(0, 0), (L, 0), (0, L), (L, L)]  # stars reach the corners
+    sub = rng.uniform(-0.5, 0.5, (n, 2))
+    flux = 10 ** rng.uniform(4.0, 5.0, n)
+    data = np.empty((n, S, S))
+    sig = np.empty_like(data)
+    c = S // 2
+    for i in range(n):
+        shape = _shape(*pos[i]) if vary else _shape(L / 2, L / 2)
+        t = flux[i] * moffat_psf((S, S), c + sub[i, 0], c + sub[i, 1], **shape)
+        sig[i] = np.sqrt(25.0 + t)
+        data[i] = t + rng.normal(size=t.shape) * sig[i] + 2.0
+    origins = pos - (c + sub)
+    return data, sig, origins
+
+
+def _truth(x, y):
+    t = moffat_psf((S, S), S // 2, S // 2, **_shape(x, y))
+    return t / t.sum()
+
+
+def _err(psf, x, y):
+    """rms error within 2 FWHM of the centre, in units of the true peak."""
+    t = _truth(x, y)
+    c = S // 2
+    sl = slice(c - 6, c + 7)
+    return float(np.sqrt(np.mean((psf[sl, sl] / psf.sum() - t[sl, sl]) ** 2)) / t.max())
+
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def field():
+    return _field(N)
+
+
+@pytest.fixture(scope="module")
+def linear_fits(field):
+    data, sig, origins = field
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gsprep.PSFConvergenceWarning)
+        lin = gsprep.fit_epsf(data, sig, oversampling=1, degree=1, origins=origins)
+    return None, lin
+
+
+def test_linear_variation_recovered_at_the_corners(linear_fits):
+    _, lin = linear_fits
+    assert lin.degree == 1 and lin.spatial is not None
+    corners = [(0, 0), (L, 0), (0, L), (L, L)]
+    e_lin = [_err(lin.psf_at(x, y), x, y) for x, y in corners]
+    # one PSF for the whole frame (the model's PSF at the field's centre) is off by several % at the corners
+    e_const = [_err(lin.psf_at(L / 2, L / 2), x, y) for x, y in corners]
+    # the linear model is within 1% of the peak there
+    assert max(e_lin) < 0.01, e_lin
+    assert min(e_const) > 2 * max(e_lin), (e_const, e_lin)
+    # every PSF it gives follows the convention: sum 1, the shape of the truth there
+    for x, y in corners:
+        p = lin.psf_at(x, y)
+        assert abs(p.sum() - 1) < 1e-6
+        fw = gsprep.psf_shape(p, 1)["fwhm"]
+        fw_true = gsprep.psf_shape(_truth(x, y), 1)["fwhm"]
+        assert abs(fw - fw_true) < 0.05 * fw_true, (x, y, fw, fw_true)
+
+
+def test_psf_at_vectorised_and_extrapolation_warns(linear_fits):
+    _, lin = linear_fits
+    xs, ys = np.array([100.0, 1500.0]), np.array([300.0, 900.0])
+    many = lin.psf_at(xs, ys)
+    assert many.shape == (2, S, S)
+    np.testing.assert_allclose(many[1], lin.psf_at(1500.0, 900.0), atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PSFExtrapolationWarning)
+        lin.psf_at(1000.0, 1000.0)  # inside the stars' hull: no warning
+    with pytest.warns(PSFExtrapolationWarning, match="outside the stars' convex hull"):
+        lin.psf_at(3000.0, 1000.0)
+    with pytest.raises(ValueError, match="x and y"):
+        lin.psf_at(np.nan, 1.0)
+
+
+def test_write_psf_at_a_position_round_trips(tmp_path, linear_fits):
+    _, lin = linear_fits
+    path = tmp_path / "psf.fits"
+    write_psf(path, lin, at=(1800.0, 200.0))
+    back = read_psf(path)
+    # the primary image is the PSF at that position; the spatial model comes back and evaluates the same
+    np.testing.assert_allclose(back.psf, lin.psf_at(1800.0, 200.0), atol=1e-6)
+    assert back.degree == 1
+    np.testing.assert_allclose(back.psf_at(300.0, 1700.0), lin.psf_at(300.0, 1700.0), atol=1e-6)
+    from astropy.io import fits
+
+    hdr = fits.getheader(path)
+    assert hdr["PSFDEG"] == 1 and hdr["PSF_X"] == pytest.approx(1800.0) and hdr["PSF_Y"] == pytest.approx(200.0)
+
+
+def test_auto_stays_low_with_few_stars(field):
+    # the same varying field with only 12 usable stars (the others masked: same shapes, no new compile)
+    data, sig, origins = field
+    masks = np.zeros(data.shape, bool)
+    masks[12:] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gsprep.PSFConvergenceWarning)
+        res = gsprep.fit_epsf(data, sig, masks, oversampling=1, degree="auto", origins=origins)
+    assert res.degree in (0, 1)
+    # an explicit cubic with 12 stars is lowered, with a warning that says why
+    with pytest.warns(UserWarning, match="cannot support a degree-3"):
+        res3 = gsprep.fit_epsf(data, sig, masks, oversampling=1, degree=3, origins=origins)
+    assert res3.degree <= 1
+
+
+def test_degree_bad_input():
+    data, sig, origins = _field(8, seed=1)
+    with pytest.raises(ValueError, match="degree"):
+        gsprep.fit_epsf(data, sig, degree="cubic", origins=origins)
+    with pytest.raises(ValueError, match="degree"):
+        gsprep.fit_epsf(data, sig, degree=-1, origins=origins)
+    with pytest.raises(ValueError, match="frame position"):
+        gsprep.fit_epsf(data, sig, degree=1)
+    with pytest.raises(ValueError, match="origins"):
+        gsprep.fit_epsf(data, sig, degree=1, origins=origins[:3])
