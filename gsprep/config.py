@@ -348,7 +348,7 @@ def _checked_maps(spec):
         msg = f"a noise map needs noise_kind, one of {list(NOISE_KINDS)} (what its pixels hold)"
         raise ValueError(msg)
     if spec.noise_kind is not None:
-        if not has_noise:
+        if not has_noise and spec.preset is None:  # with a preset: the kind of the preset's noise map
             msg = "noise_kind is set but no noise map: give noise = \"FILE[EXT]\" or noise_hdu = EXT"
             raise ValueError(msg)
         check_choice("noise_kind", spec.noise_kind, tuple(NOISE_KINDS))

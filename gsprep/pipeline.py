@@ -89,14 +89,16 @@ def _band_map(spec, key, image):
 def _band_maps(spec, image):
     """The band's :class:`BandMaps`, or None when it has no noise, DQ or user-mask key (errors unprefixed)."""
     noise = _band_map(spec, "noise", image)
-    kind = spec.noise_kind
-    if noise is None and spec.preset is not None:  # a preset whose error is a recipe (SDSS frames)
-        from .presets import preset_noise
+    kind, no_data = spec.noise_kind, None
+    if spec.preset is not None:  # a preset's error recipe (SDSS frames), its pixels without data (HST WHT = 0)
+        from .presets import preset_bad, preset_noise
 
-        noise, kind = preset_noise(spec, image), "rms"
+        if noise is None:
+            noise, kind = preset_noise(spec, image), "rms"
+        no_data = preset_bad(spec, image)
     dq = _band_map(spec, "dq", image)
     user = _band_map(spec, "user_mask", image)
-    if noise is None and dq is None and user is None:
+    if noise is None and dq is None and user is None and no_data is None:
         return None
     shape = image.data.shape
     sigma, bad = None, np.zeros(shape, bool)
@@ -120,6 +122,8 @@ def _band_maps(spec, image):
                    "that mark really bad pixels, or check the map")
             raise ValueError(msg)
         bad = bad | dq_bad
+    if no_data is not None:
+        bad = bad | no_data
     user_mask = np.zeros(shape, bool) if user is None else ~(user[0] == 0)  # NaN counts as masked
     if (bad | user_mask | ~np.isfinite(image.data)).all():
         msg = "noise, dq and user_mask leave no good pixel in the frame"

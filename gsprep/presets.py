@@ -63,6 +63,7 @@ __all__ = [
     "apply_presets",
     "check_preset",
     "has_noise_map",
+    "preset_bad",
     "preset_noise",
     "resolve_band",
     "sdss_gain_dark",
@@ -221,15 +222,19 @@ def _hst(lay, spec):
     out = {"hdu": sci, "unit": "cR" if per_s else "counts", "gain": 1.0}  # the pixels are electrons
     if not bunit:
         notes.append("no BUNIT: ELECTRONS/S assumed")
-    if lay.find("WHT") is not None:
-        out.update(noise_hdu="WHT", noise_kind="weight")
-        noise_notes.append("WHT taken as an inverse-variance map (AstroDrizzle final_wht_type = 'IVM', in "
-                           "(e-/s)^-2: sky and read noise, no source Poisson noise); an exposure-time weight "
-                           "(final_wht_type = 'EXP', seconds) is not a variance: then give noise_hdu and noise_kind "
-                           "of an error map")
-    else:
-        noise_notes.append("no WHT extension: the sigma image is computed from EXPTIME (gain 1, e-)")
     t = lay.number(("EXPTIME",), 0, sci)
+    t_used = spec.exptime or t
+    if lay.find("WHT") is not None:
+        # WHT is inverse variance only for final_wht_type = 'IVM'; AstroDrizzle's default 'EXP' (the archive's
+        # products) makes it an exposure-time map: the sigma is computed, WHT > 0 marks the pixels with data
+        out["noise_hdu_if_asked"] = "WHT"
+        noise_notes.append(f"sigma image from the uniform exposure time {t_used:g} s (the pixels are e-: gain "
+                           "1) and the measured sky noise, WHT = 0 pixels masked; for a WHT drizzled with "
+                           "final_wht_type = 'IVM' set noise_kind = \"weight\" to use it as the noise" if t_used else
+                           "no EXPTIME: give exptime = SECONDS (or noise_kind = \"weight\" for an IVM-drizzled WHT)")
+    else:
+        noise_notes.append(f"no WHT extension: sigma image from the uniform exposure time {t_used} s (gain 1, e-) and "
+                           "the measured sky noise")
     if t is not None:
         out["exptime"] = t
     flam = lay.number(("PHOTFLAM",), sci, 0)
@@ -416,6 +421,18 @@ def resolve_band(spec, band="band"):
     out, notes, noise_notes = _RULES[spec.preset](lay, spec)
     own_noise = spec.noise is not None or spec.noise_hdu is not None
     own_dq = spec.dq is not None or spec.dq_hdu is not None
+    if not own_noise and spec.noise_kind is not None:  # the band's kind for the preset's noise map
+        where = out.get("noise_hdu") or out.get("noise_hdu_if_asked")
+        if where is None and out.get("noise") is None:
+            msg = (f"preset {spec.preset}: noise_kind is set but the file has no noise map for it; give noise = "
+                   "\"FILE[EXT]\" or noise_hdu = EXT")
+            raise ValueError(msg)
+        out.pop("noise_kind", None)
+        out.pop("noise_error", None)
+        if where is not None:
+            out["noise_hdu"] = where
+        noise_notes = []
+    out.pop("noise_hdu_if_asked", None)
     if own_noise:
         for key in _NOISE_KEYS + ("noise_error",):
             out.pop(key, None)
@@ -501,6 +518,20 @@ def sdss_sigma(img, calib, sky, gain, dark_variance):
     cimg = np.broadcast_to(np.asarray(calib, dtype=float), img.shape)
     dn = img / cimg + np.asarray(sky, dtype=float)
     return np.sqrt(np.maximum(dn, 0.0) / gain + dark_variance) * cimg
+
+
+def preset_bad(spec, image):
+    """Pixels without data that a preset knows of (HST drizzled ``WHT`` = 0, when WHT is not the noise), or None."""
+    if spec.preset not in ("hst_drz", "hst_drc") or spec.noise is not None or spec.noise_hdu is not None:
+        return None
+    with fits.open(spec.file) as hdul:
+        if "WHT" not in hdul or hdul["WHT"].data is None:
+            return None
+        wht = np.asarray(hdul["WHT"].data, dtype=float)
+    if wht.shape != image.data.shape:
+        msg = f"preset {spec.preset}: WHT has shape {wht.shape} but the image is {image.data.shape}"
+        raise ValueError(msg)
+    return ~(np.isfinite(wht) & (wht > 0))
 
 
 def preset_noise(spec, image):

@@ -107,8 +107,7 @@ def test_jwst_i2d(tmp_path):
     assert not warned(caught, AssumptionWarning)  # nothing assumed: every keyword is there
 
 
-@pytest.mark.parametrize("kind", ["hst_drz", "hst_drc"])
-def test_hst_drizzled(tmp_path, kind):
+def hst_file(folder, kind):
     flam, plam = 1.5e-20, 15369.2
     sci = scene(level=0.2, sky=0.5)
     wht = 4000.0 + 50.0 * np.arange(N)[:, None] + 0.0 * sci
@@ -117,17 +116,39 @@ def test_hst_drizzled(tmp_path, kind):
     h.update(BUNIT="ELECTRONS/S", PHOTFLAM=flam, PHOTPLAM=plam)
     prim = fits.PrimaryHDU()
     prim.header.update(TELESCOP="HST", INSTRUME="WFC3", EXPTIME=2400.0)
+    name = f"x_{kind[4:]}.fits"
     fits.HDUList([prim, fits.ImageHDU(sci.astype(np.float32), h, name="SCI"),
                   fits.ImageHDU(wht.astype(np.float32), name="WHT"),
-                  fits.ImageHDU(np.ones((N, N), np.int32), name="CTX")]).writeto(tmp_path / f"x_{kind[4:]}.fits")
-    _, sig, mask, bits, o, zp, caught = run(tmp_path, "wfc3_f160w", kind, f"x_{kind[4:]}.fits")
+                  fits.ImageHDU(np.ones((N, N), np.int32), name="CTX")]).writeto(folder / name)
+    return name, sci.astype(np.float32).astype(float), wht, -2.5 * math.log10(flam) - 5 * math.log10(plam) - 2.408
+
+
+@pytest.mark.parametrize("kind", ["hst_drz", "hst_drc"])
+def test_hst_drizzled(tmp_path, kind):
+    # AstroDrizzle's default WHT (final_wht_type = 'EXP', the archive's) is an exposure map, not a variance: the
+    # sigma is the Poisson recipe for e-/s data (gain 1, EXPTIME) with the measured sky noise; WHT = 0 is no data
+    name, sci, _, want_zp = hst_file(tmp_path, kind)
+    p, sig, mask, bits, o, zp, caught = run(tmp_path, "wfc3_f160w", kind, name)
+    clean = sci - p.sky.background
+    want = np.sqrt(np.abs(clean) / 2400.0 + p.sky.rms**2)
+    ok = good(mask, bits)
+    np.testing.assert_allclose(sig[ok], frame_part(want, o, sig.shape)[ok], rtol=1e-5)
+    by, bx = BADPIX[0] - o[0], BADPIX[1] - o[1]
+    assert mask[by, bx] == 1 and bits[by, bx] & BAD
+    assert zp == pytest.approx(round(want_zp, 4), abs=1e-4)
+    said = warned(caught, AssumptionWarning)
+    assert len(said) == 1 and "uniform exposure time 2400 s" in said[0] and "\n" not in said[0]
+    assert issubclass(next(w.category for w in caught if issubclass(w.category, AssumptionWarning)), PresetWarning)
+
+
+def test_hst_ivm_weight_on_request(tmp_path):
+    name, _, wht, _ = hst_file(tmp_path, "hst_drz")
+    _, sig, mask, bits, o, _, caught = run(tmp_path, "wfc3_f160w", "hst_drz", name, ['noise_kind = "weight"'])
     ok = good(mask, bits)
     np.testing.assert_allclose(sig[ok], 1 / np.sqrt(frame_part(wht, o, sig.shape)[ok]), rtol=1e-6)
     by, bx = BADPIX[0] - o[0], BADPIX[1] - o[1]
     assert mask[by, bx] == 1 and bits[by, bx] & BAD
-    assert zp == pytest.approx(round(-2.5 * math.log10(flam) - 5 * math.log10(plam) - 2.408, 4), abs=1e-4)
-    said = warned(caught, PresetWarning)
-    assert len(said) == 1 and "WHT taken as an inverse-variance map" in said[0] and "\n" not in said[0]
+    assert not warned(caught, AssumptionWarning)
 
 
 def test_legacy_surveys(tmp_path):
@@ -345,3 +366,16 @@ def test_cli_psf_preset_reads_the_layout(tmp_path, monkeypatch):
     assert main(argv) == 2  # no EXPTIME needed: the ERR map is the noise
     np.testing.assert_allclose(seen["data"], sci.astype(np.float32))
     assert seen["bad"][BADPIX] and seen["bad"].sum() == 1
+
+
+def test_noise_kind_without_a_map_in_the_file_is_one_line(tmp_path):
+    h = wcs_header()
+    h["MAGZP"] = 20.0
+    fits.PrimaryHDU(scene(level=5.0, sky=300.0).astype(np.float32), h).writeto(tmp_path / "k.fits")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[target]\nra = {RA}\ndec = {DEC}\nr = {R}\n[bands.ks]\nfile = "k.fits"\nfwhm = 2.5\n'
+                   'preset = "2mass"\nnoise_kind = "rms"\n')
+    with pytest.raises(ValueError, match=r"^config: \[bands\.ks\] preset 2mass: noise_kind is set but the file has "
+                                         "no noise map for it"):
+        run_target(load_config(str(cfg)), tmp_path / "out", figures=False)
+    assert not (tmp_path / "out").exists()
