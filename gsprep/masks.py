@@ -9,13 +9,22 @@ import numpy as np
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.segmentation import SegmentationImage, deblend_sources
+from scipy import ndimage
 
 from ._bits import BAD, NEIGHBOUR, OFF_FRAME, SATURATED, USER
 from ._checks import as_image, as_mask, check_pixel, check_positive
 from .cutouts import Cutout
-from .detection import DEBLEND_MODE_WARNING, detect, grow_sources, source_table
+from .detection import (
+    DEBLEND_MODE_WARNING,
+    FWHM_TO_SIGMA,
+    TwoPass,
+    detect,
+    detect_twopass,
+    grow_segments,
+    source_table,
+)
 
-__all__ = ["Mask", "cutout_mask", "TargetNotFoundError"]
+__all__ = ["Mask", "TargetNotFoundError", "cutout_mask"]
 
 
 class TargetNotFoundError(ValueError):
@@ -56,7 +65,7 @@ class Mask:
 def _find_target(labels, center, radius):
     ny, nx = labels.shape
     cx, cy = center
-    ix, iy = int(round(cx)), int(round(cy))
+    ix, iy = round(cx), round(cy)
     if 0 <= ix < nx and 0 <= iy < ny and labels[iy, ix] > 0:
         return int(labels[iy, ix])
     r = int(np.ceil(radius))
@@ -86,20 +95,146 @@ def _deblend_target(smoothed, labels, target, npixels, nlevels, contrast, center
     return out, new_target
 
 
-def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32, contrast=0.001,
-                magnification=3.0, max_grow=100, addgrow=0, target_radius=None, keep_target=True,
+def _saddle(sm, region, a, b, lo, hi, iters=12):
+    """Levels (joined, apart) bracketing the highest at which pixels ``a`` and ``b`` are joined in ``region``."""
+    struct = np.ones((3, 3), bool)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lab, _ = ndimage.label(region & (sm >= mid), structure=struct)
+        if lab[a] > 0 and lab[a] == lab[b]:
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
+def split_inner(data, labels, target, center, *, q, theta, rms, fwhm, nsigma=4.0, bad=None):
+    """Neighbours inside the target's segment, each split off with its own pixels.
+
+    The target's smooth light is modelled by the median of its segment in
+    elliptical annuli (axis ratio ``q``, angle ``theta`` radians, around
+    ``center``), so a neighbour sitting on the target, too faint to make a
+    peak of its own in the image, still stands out in the residual.  The
+    residual is smoothed by a Gaussian of ``fwhm`` (the detection's matched
+    filter, whose noise is ``rms``); each local maximum more than one
+    ``fwhm`` from the centre and at least ``nsigma * rms`` high is a
+    neighbour, its pixels the residual above half its peak around it.
+
+    Parameters
+    ----------
+    data : array
+        Background-subtracted image (non-finite pixels ignored).
+    labels : int array
+        Segmentation; ``target`` is the target's label.
+
+    Returns
+    -------
+    list of bool arrays (one per neighbour, full frame)
+    """
+    seg = labels == target
+    if not seg.any():
+        return []
+    ny, nx = labels.shape
+    pad = int(np.ceil(2 * fwhm)) + 1
+    sl0 = ndimage.find_objects(seg.astype(np.int8))[0]
+    y0, y1 = max(sl0[0].start - pad, 0), min(sl0[0].stop + pad, ny)
+    x0, x1 = max(sl0[1].start - pad, 0), min(sl0[1].stop + pad, nx)
+    region = seg[y0:y1, x0:x1]
+    img = np.asarray(data, dtype=float)[y0:y1, x0:x1]
+    ok = region & np.isfinite(img)
+    if bad is not None:
+        ok &= ~np.asarray(bad, bool)[y0:y1, x0:x1]
+    if ok.sum() < 10:
+        return []
+    cx, cy = center[0] - x0, center[1] - y0
+    yy, xx = np.mgrid[: y1 - y0, : x1 - x0]
+    dx, dy = xx - cx, yy - cy
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    qq = float(np.clip(q, 0.2, 1.0))
+    r = np.sqrt(u**2 + (v / qq) ** 2)
+    # annuli 0.5 px wide in the core (the profile's cusp), 0.5 FWHM (at least 1 px) further out
+    wide = max(1.0, 0.5 * fwhm)
+    inner_r = 3.0 * fwhm
+    edges = np.concatenate([np.arange(0.0, inner_r, 0.5), np.arange(inner_r, float(r[ok].max()) + wide, wide)])
+    k = np.clip(np.searchsorted(edges, r, side="right") - 1, 0, len(edges) - 1)
+    kk, rr_ok, vals = k[ok], r[ok], img[ok]
+    order = np.argsort(kk, kind="stable")
+    kk, rr_ok, vals = kk[order], rr_ok[order], vals[order]
+    starts = np.flatnonzero(np.r_[True, kk[1:] != kk[:-1]])
+    stops = np.r_[starts[1:], len(kk)]
+    med = np.array([np.median(vals[a:b]) for a, b in zip(starts, stops, strict=True)])
+    centres = np.array([np.mean(rr_ok[a:b]) for a, b in zip(starts, stops, strict=True)])
+    model = np.interp(r, centres, med)
+    resid = np.where(ok, img - model, 0.0)
+    sm = ndimage.gaussian_filter(resid, fwhm * FWHM_TO_SIGMA, mode="constant")
+    size = max(3, round(fwhm) | 1)
+    local = np.where(region, sm, -np.inf)
+    is_max = region & (sm >= ndimage.maximum_filter(local, size=size, mode="constant", cval=-np.inf))
+    is_max &= (sm >= nsigma * rms) & (np.hypot(dx, dy) > fwhm)
+    py, px = np.nonzero(is_max)
+    out = []
+    taken = np.zeros(region.shape, bool)
+    ic = (int(np.clip(round(cy), 0, y1 - y0 - 1)), int(np.clip(round(cx), 0, x1 - x0 - 1)))
+    for i in np.argsort(-sm[py, px]):
+        pk = (int(py[i]), int(px[i]))
+        if taken[pk]:
+            continue
+        top = float(sm[pk])
+        lab, _ = ndimage.label(region & (sm >= 0.5 * top), structure=np.ones((3, 3), bool))
+        piece = lab == lab[pk]
+        if piece[ic]:  # joined to the centre's residual: cut at the saddle between the two
+            _, hi = _saddle(sm, region, pk, ic, 0.5 * top, top)
+            if top - hi < 0.5 * nsigma * rms:
+                continue
+            lab, _ = ndimage.label(region & (sm >= hi), structure=np.ones((3, 3), bool))
+            piece = lab == lab[pk]
+            if piece[ic]:
+                continue
+        taken |= piece
+        full = np.zeros(labels.shape, bool)
+        full[y0:y1, x0:x1] = piece
+        out.append(full)
+    return out
+
+
+def _grow_inner(piece, center, g, shape):
+    """Pixels within ``g`` of an inner neighbour's piece and nearer its centre than the target's centre."""
+    ys, xs = np.nonzero(piece)
+    px, py = xs.mean(), ys.mean()
+    r = int(np.ceil(g)) + 1
+    ny, nx = shape
+    y0, y1 = max(ys.min() - r, 0), min(ys.max() + r + 1, ny)
+    x0, x1 = max(xs.min() - r, 0), min(xs.max() + r + 1, nx)
+    d = ndimage.distance_transform_edt(~piece[y0:y1, x0:x1])
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    nearer = np.hypot(xx - px, yy - py) < np.hypot(xx - center[0], yy - center[1])
+    out = np.zeros(shape, bool)
+    out[y0:y1, x0:x1] = (d <= g) & nearer
+    return out
+
+
+def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=32, contrast=0.001,
+                magnification=2.0, max_grow=100, addgrow=0, target_radius=None, keep_target=True,
                 bad=None, saturation=None, sigma=None, center=None, off_frame=None,
-                require_target=True):
+                require_target=True, detection="twopass", passes=None, split_nsigma=4.0):
     """Mask the neighbours of the target in a cutout, keeping the target's own light.
 
-    Sources are detected on the cutout smoothed by a Gaussian of ``fwhm``
-    pixels (:func:`gsprep.detect`).  The target is the segment under
-    ``center`` (default the central pixel), or the nearest one within
-    ``target_radius`` pixels.  Every other source is masked by its segment
-    plus an ellipse ``magnification`` times its own size, at most
-    ``max_grow`` pixels beyond it, plus ``addgrow`` pixels
-    (:func:`gsprep.detection.grow_sources`).  The target's own segment is
-    never masked by a neighbour's ellipse.
+    Sources are found by a two-pass detection (``detection="twopass"``, the
+    default; :func:`gsprep.detection.detect_twopass`): a *cold* pass for
+    bright and extended sources, deblended gently, and a *hot* pass for faint
+    and compact ones outside them, as GALAPAGOS runs SExtractor for GALFIT.
+    ``detection="single"`` is the one-threshold :func:`gsprep.detect` of
+    earlier versions.  The target is the segment under ``center`` (default
+    the central pixel), or the nearest one within ``target_radius`` pixels.
+    A neighbour *inside* the target's segment (a separate peak more than one
+    FWHM from the centre that rises ``split_nsigma`` times the noise above
+    the saddle joining it to the centre) is split off and masked, on the
+    pixels nearer to it than to the target's centre.  Every other source is
+    masked by its segment grown by ``min((magnification - 1) * r,
+    max_grow) + addgrow`` pixels, ``r`` the radius of the circle with the
+    segment's area (:func:`gsprep.detection.grow_segments`).  The target's own
+    segment is never masked by another source's growth.
 
     Parameters
     ----------
@@ -108,13 +243,17 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
         ``off_frame``.
     fwhm : float
         PSF FWHM, pixels.
-    nsigma, npixels : float, int
-        Detection threshold (times the noise) and minimum connected pixels.
-    deblend : bool
-        Deblend the target's segment so a touching neighbour is split off
-        and masked.
+    nsigma, npixels : float, int, optional
+        ``detection="twopass"``: the hot pass's threshold (units of the
+        PSF-smoothed frame's noise, default ``TwoPass().hot_nsigma``) and
+        minimum area.  ``"single"``: the threshold in units of the frame's
+        noise (default 3) and minimum area (default 5).
+    deblend : bool, optional
+        Split neighbours off the target's segment.  Default True for
+        ``"twopass"`` (by peaks, see above), False for ``"single"`` (by
+        photutils' deblending, ``nlevels`` and ``contrast``).
     nlevels, contrast : int, float
-        photutils deblending parameters.
+        photutils deblending parameters (``detection="single"``).
     magnification, max_grow, addgrow : float
         Growth of neighbour masks (see above); pixels for the last two.
     target_radius : float, optional
@@ -126,7 +265,7 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
     saturation : float, optional
         Pixels at or above this value get bit ``SATURATED``.
     sigma : array, optional
-        Sigma image; detection threshold becomes ``nsigma * sigma``.
+        Sigma image; detection thresholds follow it.
     center : (x, y), optional
         0-based target position in the cutout.
     off_frame : bool array, optional
@@ -135,6 +274,14 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
         When no source is found at the centre: raise
         :class:`TargetNotFoundError` (default), or, if False, warn and
         mask every detected source.
+    detection : {"twopass", "single"}
+        Detection used (see above).
+    passes : gsprep.detection.TwoPass, optional
+        All the two-pass settings (``nsigma`` and ``npixels``, when given,
+        replace its hot-pass ones).
+    split_nsigma : float
+        Prominence, in noise units of the smoothed frame, a peak inside the
+        target's segment needs to be split off as a neighbour.
 
     Returns
     -------
@@ -147,9 +294,9 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
     >>> from gsprep.simulate import demo_frame
     >>> frame, header = demo_frame(fwhm=3.0, shape=(201, 201), n_stars=20)   # sky about 21
     >>> cut = cutout(frame - 21.0, WCS(header), 150.1, 2.2, 20.0)   # 101 x 101 px, the target at (50, 50)
-    >>> m = cutout_mask(cut, fwhm=3.0, deblend=True)
-    >>> m.n_neighbours, bool(m.mask[50, 50]), bool(m.mask[15, 95])   # the target kept, its neighbour masked
-    (1, False, True)
+    >>> m = cutout_mask(cut, fwhm=3.0)
+    >>> bool(m.mask[50, 50]), bool(m.mask[15, 95])   # the target kept, its neighbour masked
+    (False, True)
     """
     if isinstance(data, Cutout):
         if off_frame is None:
@@ -157,6 +304,9 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
         if center is None:
             center = data.center
         data = data.data
+    if detection not in ("twopass", "single"):
+        msg = f"detection must be 'twopass' or 'single', got {detection!r}"
+        raise ValueError(msg)
     arr = as_image("data", data, require_finite=False)
     fwhm = check_positive("fwhm", fwhm)
     ny, nx = arr.shape
@@ -170,30 +320,64 @@ def cutout_mask(data, *, fwhm, nsigma=3.0, npixels=5, deblend=False, nlevels=32,
         center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
     center = check_pixel("center", center, arr.shape)
     radius = 2.0 * fwhm if target_radius is None else check_positive("target_radius", target_radius)
+    split_nsigma = check_positive("split_nsigma", split_nsigma)
 
-    seg = detect(arr, fwhm=fwhm, nsigma=nsigma, npixels=npixels, mask=user | off, sigma=sigma)
+    if detection == "twopass":
+        p = TwoPass() if passes is None else passes
+        if not isinstance(p, TwoPass):
+            msg = f"passes must be a gsprep.detection.TwoPass, got {type(p).__name__}"
+            raise TypeError(msg)
+        if nsigma is not None or npixels is not None:
+            from dataclasses import replace
+
+            p = replace(p, hot_nsigma=p.hot_nsigma if nsigma is None else nsigma,
+                        hot_npixels=p.hot_npixels if npixels is None else int(check_positive("npixels", npixels)))
+        deblend = True if deblend is None else bool(deblend)
+        seg = detect_twopass(arr, fwhm=fwhm, passes=p, mask=user | off, sigma=sigma)
+        nsig_used, npix_used = p.hot_nsigma, p.hot_npixels
+    else:
+        nsig_used = 3.0 if nsigma is None else nsigma
+        npix_used = 5 if npixels is None else npixels
+        deblend = False if deblend is None else bool(deblend)
+        seg = detect(arr, fwhm=fwhm, nsigma=nsig_used, npixels=npix_used, mask=user | off, sigma=sigma)
     labels, table = seg.labels, seg.table
     target = _find_target(labels, center, radius) if keep_target else 0
     if keep_target and target == 0:
         msg = (
             f"the target was not detected: no source within target_radius={radius:g} pixels of "
-            f"the centre (x={center[0]:.1f}, y={center[1]:.1f}) at nsigma={nsigma}, npixels={npixels}; "
+            f"the centre (x={center[0]:.1f}, y={center[1]:.1f}) at nsigma={nsig_used}, npixels={npix_used}; "
             "lower nsigma, raise target_radius, or pass require_target=False to mask every "
             "detected source and continue"
         )
         if require_target:
             raise TargetNotFoundError(msg)
         warnings.warn(msg, stacklevel=2)
+    inner = []
     if deblend and target > 0:
-        new_labels, new_target = _deblend_target(seg.smoothed, labels, target, int(npixels), nlevels,
-                                                 contrast, center)
-        if new_target != target or not np.array_equal(new_labels, labels):
+        if detection == "twopass":
+            trow = table[np.asarray(table["label"]) == target][0]
+            inner = split_inner(np.where(nonfinite, 0.0, arr - seg.background), labels, target, center,
+                                q=float(trow["q"]), theta=float(trow["theta"]), rms=seg.rms, fwhm=fwhm,
+                                nsigma=split_nsigma, bad=nonfinite | user | off)
+            if inner:
+                labels = labels.copy()
+                base = int(labels.max())
+                for k, piece in enumerate(inner, start=1):
+                    labels[piece] = base + k
+        else:
+            new_labels, new_target = _deblend_target(seg.smoothed, labels, target, int(npix_used), nlevels,
+                                                     contrast, center)
+            if new_target != target or not np.array_equal(new_labels, labels):
+                labels, target = new_labels, new_target
+        if inner or not np.array_equal(labels, seg.labels):
             bkg_sub = np.where(nonfinite, 0.0, arr - seg.background)
-            labels, target = new_labels, new_target
             table = source_table(bkg_sub, labels, smoothed=seg.smoothed, bad=nonfinite | user | off)
-    grown, _ = grow_sources(labels, table, magnification=magnification, max_grow=max_grow,
-                            addgrow=addgrow, exclude=(target,) if target else ())
+    grown, _ = grow_segments(labels, table, magnification=magnification, max_grow=max_grow,
+                             addgrow=addgrow, exclude=(target,) if target else ())
     neighbour = grown & (labels != target) if target else grown
+    for piece in inner:
+        g = min((magnification - 1.0) * np.sqrt(piece.sum() / np.pi), max_grow) + addgrow
+        neighbour |= _grow_inner(piece, center, g, arr.shape)
     bits = np.zeros(arr.shape, dtype=np.int16)
     bits[neighbour] |= NEIGHBOUR
     bits[nonfinite & ~off] |= BAD
