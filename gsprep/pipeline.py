@@ -455,6 +455,9 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     if stack_bands not in ("auto", True, False):
         msg = f"stack_bands must be 'auto', True or False, got {stack_bands!r}"
         raise ValueError(msg)
+    from .presets import apply_presets
+
+    config = apply_presets(config)  # bands with a preset not yet filled in from their files (run_target has)
     pixel = _pixel_target(ra, dec, config)
     if maps is None:
         maps = read_band_maps(config, images)
@@ -525,9 +528,14 @@ def read_bands(config):
     A frame that cannot be read (missing, corrupt, wrong HDU) lands in
     ``errors`` with its message instead of stopping the other bands.
     """
+    from .presets import PresetWarning, resolve_band
+
     images, errors = {}, {}
     for band, spec in config.bands.items():
         try:
+            with warnings.catch_warnings():  # said where the band is prepared (prepare_target, run_target)
+                warnings.simplefilter("ignore", PresetWarning)
+                spec = resolve_band(spec, band)  # a preset not yet filled in (run_target has): its HDU and unit
             images[band] = read_image(spec.file, spec.hdu, unit=spec.unit, band=band)
         except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
             errors[band] = f"{spec.file}: {exc}" if os.fspath(spec.file) not in str(exc) else str(exc)

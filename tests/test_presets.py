@@ -379,3 +379,27 @@ def test_noise_kind_without_a_map_in_the_file_is_one_line(tmp_path):
                                          "no noise map for it"):
         run_target(load_config(str(cfg)), tmp_path / "out", figures=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_api_read_bands_and_prepare_target_fill_in_the_preset(tmp_path):
+    """Without run_target: read_bands reads the preset's HDU, prepare_target uses its noise map (said once)."""
+    from gsprep.pipeline import prepare_target, read_bands
+
+    sci = scene(level=1.0, sky=2.0)
+    h = wcs_header()
+    h.update(MAGZP=26.5, EXPTIME=300.0, GAIN=2.0)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci.astype(np.float32), h, name="SCI"),
+                  fits.ImageHDU(np.full((N, N), 0.25, np.float32), name="ERR")]).writeto(tmp_path / "m.fits")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[target]\nra = {RA}\ndec = {DEC}\nr = {R}\n[options]\nsky_order = 0\npsf = false\n'
+                   'require_target = false\n[bands.sloan_i]\nfile = "m.fits"\nfwhm = 2.5\npreset = "mef"\n')
+    config = load_config(str(cfg))
+    images, errors = read_bands(config)
+    assert not errors and images["sloan_i"].data.shape == (N, N)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = prepare_target(images, RA, DEC, config, stack_bands=False)["sloan_i"]
+    assert p.error is None
+    ok = (p.mask.bits & (BAD | OFF_FRAME)) == 0
+    np.testing.assert_allclose(p.sigma[ok], 0.25, rtol=1e-6)
+    assert not warned(caught, AssumptionWarning)
