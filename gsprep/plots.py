@@ -22,6 +22,7 @@ __all__ = [
     "fig_cutout",
     "fig_funnel",
     "fig_psf",
+    "fig_psf_field",
     "fig_psfs",
     "fig_sky",
     "fig_stars",
@@ -570,4 +571,92 @@ def fig_psfs(results, *, save=None):
         ax.set_title(f"{b}: oversampling {results[b].oversampling}")
     for ax in axes[len(bands):]:
         ax.set_axis_off()
+    return _done(fig, save)
+
+
+def fig_psf_field(result, *, n_map=12, title="", save=None):
+    """How the PSF varies across the frame (a result with ``degree > 0``), like PSFEx's check plots.
+
+    Left: the PSF at a 3 x 3 grid of frame positions spanning the stars (log
+    stretch, one colour scale: the fraction of the flux per sub-pixel).
+    Middle: maps of the FWHM (native px) and the ellipticity across the
+    stars' bounding box, the stars marked (ticks on the ellipticity map
+    show the major axis).  Right: every star at its frame position,
+    coloured by its held-out reduced chi-square (fitted with a PSF made
+    without it; the final fit's chi-square when the degree was not chosen
+    by held-out stars): a region the model misses shows as a patch of
+    high values.
+    """
+    from .results import psf_shape
+
+    sp = result.spatial
+    if sp is None or np.ndim(result.psf) != 2:
+        msg = "fig_psf_field needs one band's spatially varying result (fit_epsf(..., degree >= 1))"
+        raise ValueError(msg)
+    k = int(result.oversampling)
+    offset, scale = np.asarray(sp["offset"], float), np.asarray(sp["scale"], float)
+    lo, hi = offset - scale, offset + scale
+    fig = Figure(figsize=(17, 5.4))
+    grid = fig.add_gridspec(3, 6, width_ratios=[1, 1, 1, 2.2, 2.2, 2.2], wspace=0.35, hspace=0.25)
+    fr = (0.05, 0.5, 0.95)
+    psfs = [[result.psf_at(lo[0] + fx * (hi[0] - lo[0]), lo[1] + fy * (hi[1] - lo[1]), warn=False) for fx in fr]
+            for fy in fr]
+    top = max(float(np.max(p)) for row in psfs for p in row)
+    norm = colors.LogNorm(vmin=top * 1e-5, vmax=top, clip=True)
+    axes_psf = []
+    for r, fy in enumerate(fr):
+        for c, fx in enumerate(fr):
+            ax = fig.add_subplot(grid[2 - r, c])
+            im = ax.imshow(np.clip(psfs[r][c], top * 1e-5, None), origin="lower", cmap="magma", norm=norm,
+                           interpolation="nearest")
+            _no_ticks(ax)
+            x, y = lo[0] + fx * (hi[0] - lo[0]), lo[1] + fy * (hi[1] - lo[1])
+            ax.set_title(f"({x:.0f}, {y:.0f})", fontsize=7)
+            axes_psf.append(ax)
+    cb = fig.colorbar(im, ax=axes_psf, fraction=0.04, pad=0.02)
+    cb.set_label(f"PSF [fraction of flux per {'sub-pixel' if k > 1 else 'pixel'}]")
+    xs = np.linspace(lo[0], hi[0], n_map)
+    ys = np.linspace(lo[1], hi[1], n_map)
+    fw = np.zeros((n_map, n_map))
+    ell = np.zeros((n_map, n_map))
+    ang = np.zeros((n_map, n_map))
+    for j, y in enumerate(ys):
+        for i, x in enumerate(xs):
+            s = psf_shape(result.psf_at(x, y, warn=False), k)
+            fw[j, i], ell[j, i] = s["fwhm"], s["ellipticity"]
+            ang[j, i] = 0.5 * np.arctan2(s["e2"], s["e1"])
+    stars = np.asarray(sp.get("stars_xy") if sp.get("stars_xy") is not None else np.zeros((0, 2)), float)
+    ext = (lo[0], hi[0], lo[1], hi[1])
+    for col, (data, label, cmap) in enumerate(((fw, "FWHM [native px]", "viridis"),
+                                               (ell, "ellipticity [(a^2-b^2)/(a^2+b^2)]", "cividis"))):
+        ax = fig.add_subplot(grid[:, 3 + col])
+        im = ax.imshow(data, origin="lower", extent=ext, cmap=cmap, aspect="auto")
+        _colorbar(fig, im, ax, label)
+        if len(stars):
+            ax.plot(stars[:, 0], stars[:, 1], "w.", ms=3, alpha=0.7)
+        if col == 1:
+            step = max(n_map // 8, 1)
+            xx, yy = np.meshgrid(xs[::step], ys[::step])
+            e, a = ell[::step, ::step], ang[::step, ::step]
+            ax.quiver(xx, yy, e * np.cos(a), e * np.sin(a), headwidth=0, headlength=0, headaxislength=0,
+                      pivot="middle", color="w")
+        ax.set_xlabel("frame x [px]")
+        ax.set_ylabel("frame y [px]")
+        ax.set_title(label.split(" [")[0] + " across the frame")
+    ax = fig.add_subplot(grid[:, 5])
+    held = sp.get("heldout")
+    chi2 = np.asarray(held if held is not None else result.chi2, float)
+    which = "held-out" if held is not None else "fit"
+    good = np.isfinite(chi2) & (np.asarray(result.flags) == 0) if len(chi2) == len(stars) else np.zeros(0, bool)
+    if good.any():
+        vmax = float(np.nanpercentile(chi2[good], 95))
+        sc = ax.scatter(stars[good, 0], stars[good, 1], c=chi2[good], cmap="coolwarm", vmin=min(0.5, vmax), vmax=max(vmax, 1.5),
+                        s=18, edgecolors="k", linewidths=0.3)
+        _colorbar(fig, sc, ax, f"{which} reduced chi2 [per degree of freedom]")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_xlabel("frame x [px]")
+    ax.set_ylabel("frame y [px]")
+    ax.set_title(f"stars: {which} chi2 (degree {int(np.max(sp['degree']))})")
+    fig.suptitle(title or f"PSF across the frame: degree {int(np.max(sp['degree']))}")
     return _done(fig, save)

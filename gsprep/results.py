@@ -129,7 +129,7 @@ class EPSFResult:
         deg = int(np.asarray(sp["degree"])[i])
         return {"degree": deg, "planes": np.asarray(sp["planes"])[i, : n_terms(deg)],
                 "offset": np.asarray(sp["offset"])[i], "scale": np.asarray(sp["scale"])[i], "hull": sp["hull"][i],
-                "scores": sp["scores"][i]}
+                **{key: sp[key][i] if sp.get(key) is not None else None for key in ("scores", "stars_xy", "heldout")}}
 
     def psf_at(self, x, y, *, warn=True):
         """The PSF at frame pixel ``(x, y)`` (0-based), same convention as :attr:`psf` (sum 1, centred).

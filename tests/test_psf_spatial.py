@@ -142,3 +142,33 @@ def test_degree_bad_input():
         gsprep.fit_epsf(data, sig, degree=1)
     with pytest.raises(ValueError, match="origins"):
         gsprep.fit_epsf(data, sig, degree=1, origins=origins[:3])
+
+
+def test_auto_finds_the_variation(field, linear_fits):
+    data, sig, origins = field
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gsprep.PSFConvergenceWarning)
+        auto = gsprep.fit_epsf(data, sig, oversampling=1, degree="auto", origins=origins)
+    # the held-out stars ask for a varying PSF (the truth is linear), and it is as good as the explicit fit
+    assert auto.degree >= 1
+    scores = auto.spatial["scores"]
+    assert scores[auto.degree] < scores[0]
+    held = auto.spatial["heldout"]
+    assert held.shape == (N,) and np.nanmedian(held) < 1.3
+    e = [_err(auto.psf_at(x, y), x, y) for x, y in [(0, 0), (L, L)]]
+    assert max(e) < 0.012, e
+
+
+def test_psf_field_figure(tmp_path, linear_fits):
+    from gsprep.plots import fig_psf_field
+
+    _, lin = linear_fits
+    out = tmp_path / "field.png"
+    fig = fig_psf_field(lin, save=out)
+    assert out.stat().st_size > 10_000
+    # 9 PSF panels, two maps and the stars' chi2, each image with a colorbar
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert any("FWHM [native px]" in s for s in labels) and any("chi2" in s for s in labels)
+    with pytest.raises(ValueError, match="spatially varying"):
+        fig_psf_field(gsprep.EPSFResult(np.ones((3, 3)) / 9, np.zeros((1, 2)), np.ones(1), np.zeros(1), np.ones(1),
+                                        np.zeros(0), np.zeros(1, int)))

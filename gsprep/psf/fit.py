@@ -358,7 +358,8 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     for r, sp in zip(results, spatials, strict=True):
         r["degree"] = 0 if sp is None else int(sp["degree"])
         r["spatial"] = None if sp is None or sp["degree"] == 0 else {
-            key: sp[key] for key in ("degree", "planes", "offset", "scale", "hull", "scores")}
+            **{key: sp[key] for key in ("degree", "planes", "offset", "scale", "hull", "scores")},
+            "stars_xy": sp["frame_xy"][:n], "heldout": None if sp["heldout"] is None else sp["heldout"][:n]}
         if sp is not None and sp["degree"] > 0 and np.isfinite(sp.get("heldout_chi2", np.nan)):
             r["heldout_chi2"] = sp["heldout_chi2"]
     for b, r in enumerate(results):
@@ -413,6 +414,7 @@ def _spatial_band(o, dd, fold, origins, n, degree, sx, n_folds, dt, band=None):
     if sp is None or sp["degree"] == 0:
         return sp
     o["st"] = FitState(st.theta, st.resid, sp["xy"], sp["flux"], sp["sky"], st.w)
+    sp["frame_xy"] = origins + np.asarray(sp["xy"], float)[:n]
     p = sp["planes"][0]
     o["psf"] = p / p.sum()
     o["model"] = sp["model"]
@@ -439,7 +441,7 @@ def _stack_spatial(sps, psfs):
         hull.append(sp["hull"])
         degs.append(sp["degree"])
     return {"degree": np.array(degs), "planes": planes, "offset": offset, "scale": scale, "hull": hull,
-            "scores": [None if sp is None else sp["scores"] for sp in sps]}
+            **{key: [None if sp is None else sp[key] for sp in sps] for key in ("scores", "stars_xy", "heldout")}}
 
 
 def _band_report(o, d, w, valid, k, clip):

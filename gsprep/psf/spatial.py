@@ -299,7 +299,7 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
     offset, scale = normalise_positions(frame_xy, good)
     u = jnp.asarray((np.asarray(frame_xy, float) - offset) / scale, dt)
     lam = jnp.asarray(lam, dt)
-    scores, held_med = None, np.nan
+    scores, held_med, held_star = None, np.nan, None
     if degree == "auto":
         max_deg = max_degree(int(good.sum()))
         if max_deg == 0 or n_folds < 2:
@@ -311,6 +311,7 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
         if chosen == 0:
             return {"degree": 0, "scores": scores}
         held_med = float(np.median(red[chosen][held[chosen]]))
+        held_star = np.where(held[chosen], red[chosen], np.nan)
     else:
         chosen = max_deg = int(degree)
     planes, xy, flux, sky, model = _final_core(p0, theta, st_xy, st_flux, st_sky, w, d, u, lam, jnp.asarray(chosen),
@@ -319,4 +320,5 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
     planes[0] = planes[0] + np.asarray(p0, float)
     return {"degree": chosen, "planes": planes, "offset": offset, "scale": scale,
             "hull": convex_hull(np.asarray(frame_xy, float)[good]), "xy": np.asarray(xy), "flux": np.asarray(flux),
-            "sky": np.asarray(sky), "model": np.asarray(model), "scores": scores, "heldout_chi2": held_med}
+            "sky": np.asarray(sky), "model": np.asarray(model), "scores": scores, "heldout_chi2": held_med,
+            "heldout": held_star}
