@@ -456,7 +456,7 @@ def resolve_band(spec, band="band"):
     if spec.dq_bad is not None and not own_dq and "dq_hdu" not in out:
         msg = f"preset {spec.preset}: dq_bad is set but the file has no DQ extension; give dq_hdu or dq"
         raise ValueError(msg)
-    computed = not own_noise and "noise_kind" not in fill and spec.preset != "sdss_frame"
+    computed = not own_noise and "noise_hdu" not in fill and "noise" not in fill and spec.preset != "sdss_frame"
     if computed and (spec.unit or fill.get("unit")) == "cR" and spec.exptime is None and "exptime" not in fill:
         notes.append("no exposure time in the headers (the computed sigma image needs one); give exptime = SECONDS")
     notes = notes + noise_notes
