@@ -1,14 +1,21 @@
 """Many targets on Dask: ``run_batch`` (``gsprep batch``) and its manifest.
 
-One Dask task per target (all its bands): the worker opens the target's
-frames itself, runs :func:`gsprep.pipeline.run_target` into a private
-folder under ``OUT/.gsprep-partial/`` and renames it to ``OUT/<name>/`` only
-when every file is written, so a killed run never leaves a half-written
-product where a finished one belongs.  The driver appends one row per
+Frame-level work first, once per frame: one Dask task per (band, frame
+file, HDU) fits its sky and finds its PSF stars, one task per set of frames
+that targets share fits their PSFs (:mod:`gsprep.framecache`: stored under
+``OUT/frames/<key>/``, keyed by the frame's content hash and the options,
+reused by every target on the frame and by the next run).  Then one task
+per target (all its bands), depending on its frames' tasks: the worker opens
+the target's frames itself, runs :func:`gsprep.pipeline.run_target` with the
+cached frame products into a private folder under ``OUT/.gsprep-partial/``
+and renames it to ``OUT/<name>/`` only when every file is written, so a
+killed run never leaves a half-written product where a finished one
+belongs.  Tasks get paths and keys, never images: each frame is read by
+the worker that needs it.  The driver appends one row per
 finished target to ``OUT/manifest.csv`` as results arrive (flushed and
 synced), so a crash loses at most the targets in flight; the next run skips
 targets whose products are all present and unchanged and retries the
-failed ones.
+failed ones.  Frame tasks are recorded in ``OUT/frames/manifest.csv``.
 
 The output folder must be visible to every worker (a shared file system on
 a cluster), and so must the frames.
@@ -35,9 +42,13 @@ from astropy.table import Table
 
 from .pipeline import PrepareConfig, load_config, run_target
 
-__all__ = ["BatchResult", "read_targets", "target_configs", "read_manifest", "run_batch", "MANIFEST_COLUMNS"]
+__all__ = ["FRAME_COLUMNS", "MANIFEST_COLUMNS", "BatchProgress", "BatchResult", "read_frame_manifest", "read_manifest",
+           "read_targets", "run_batch", "target_configs"]
 
 MANIFEST = "manifest.csv"
+FRAMES = "frames"  # the frame cache, OUT/frames/<key>/, and its manifest OUT/frames/manifest.csv
+FRAME_COLUMNS = ("kind", "frame", "band", "file", "hdu", "status", "error", "keys", "computed", "time_s", "worker",
+                 "finished")
 PARTIAL = ".gsprep-partial"
 LOCK = ".gsprep-batch.lock"
 MANIFEST_COLUMNS = ("name", "status", "error", "outputs", "bytes", "time_s", "worker", "finished")
@@ -70,7 +81,7 @@ def read_targets(targets):
         fmt = "ascii.csv" if path.lower().endswith(".csv") else None
         try:
             tab = Table.read(path, format=fmt) if fmt else Table.read(path)
-        except Exception as exc:  # astropy raises many kinds here
+        except Exception as exc:  # noqa: BLE001 - astropy raises many kinds here
             msg = f"targets: cannot read {path!r} as a table ({exc})"
             raise ValueError(msg) from None
     sky = {"ra", "dec"} & set(tab.colnames)
@@ -231,11 +242,40 @@ def read_manifest(out_dir):
     return Table(rows=rows, names=MANIFEST_COLUMNS, dtype=dtype)
 
 
+def read_frame_manifest(out_dir):
+    """The frame tasks of ``out_dir``'s batch runs (``OUT/frames/manifest.csv``) as a Table, latest row per frame.
+
+    Columns: ``kind`` (``frame``: sky and stars of one band's frame;
+    ``psf``: the PSF fit of a set of frames), ``frame``, ``band``,
+    ``file``, ``hdu``, ``status`` (done / failed), ``error``, ``keys`` (the
+    cache entries under ``OUT/frames/``), ``computed`` (what this run
+    computed: ``sky;stars``, ``psf``; empty when read from the cache),
+    ``time_s``, ``worker``, ``finished``.
+    """
+    path = os.path.join(os.fspath(out_dir), FRAMES, MANIFEST)
+    recs = {}
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        for row in rows[1:]:
+            if len(row) == len(FRAME_COLUMNS) and row[5] in _STATUSES:
+                recs[(row[0], row[1])] = row
+    dtype = [str] * 9 + [float, str, str]
+    for row in recs.values():
+        try:
+            row[9] = float(row[9])
+        except ValueError:
+            row[9] = float("nan")
+    if not recs:
+        return Table(names=FRAME_COLUMNS, dtype=dtype)
+    return Table(rows=list(recs.values()), names=FRAME_COLUMNS, dtype=dtype)
+
+
 def _row(rec):
     return [";".join(rec[c]) if c == "outputs" else rec[c] for c in MANIFEST_COLUMNS]
 
 
-def _append(path, rec):
+def _append(path, rec, columns=MANIFEST_COLUMNS):
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, "a+b") as fb:
         if not new:  # a run killed mid-line leaves no newline: start this row on its own line
@@ -245,8 +285,8 @@ def _append(path, rec):
     with open(path, "a", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         if new:
-            w.writerow(MANIFEST_COLUMNS)
-        w.writerow(_row(rec))
+            w.writerow(columns)
+        w.writerow(_row(rec) if columns is MANIFEST_COLUMNS else [_clean(rec.get(c, "")) for c in columns])
         f.flush()
         os.fsync(f.fileno())
 
@@ -314,14 +354,15 @@ def _use_compile_cache(folder):
     use_compile_cache(folder)
 
 
-def prepare_one(config, out_dir, figures=True, compile_cache=None):
+def prepare_one(config, out_dir, figures=True, compile_cache=None, frames=None):
     """Prepare one target into ``out_dir/<name>/`` and return its manifest record.
 
     This is the Dask task (it runs on a worker): it reads the frames,
     writes everything into a private folder and renames that into place at
     the end.  It never raises for a bad target: the error is in the record.
     ``compile_cache``: a folder for JAX's persistent compilation cache, so
-    that workers reuse each other's compiled fits.
+    that workers reuse each other's compiled fits.  ``frames``: the frame
+    products (:class:`gsprep.framecache.CachedFrames`), else computed here.
     """
     t0 = time.perf_counter()
     _use_compile_cache(compile_cache)
@@ -330,10 +371,10 @@ def prepare_one(config, out_dir, figures=True, compile_cache=None):
     tmp = os.path.join(partial, f"{config.name}.{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        run = run_target(config, tmp, figures=figures, overwrite=False)
+        run = run_target(config, tmp, figures=figures, overwrite=False, frames=frames)
         error = "; ".join(f"{b}: {m}" for b, m in run.errors.items())
         _swap_in(tmp, os.path.join(out_dir, config.name), partial)
-    except Exception as exc:  # a bad target must not stop the batch; its message goes in the manifest
+    except Exception as exc:  # noqa: BLE001 - a bad target must not stop the batch; its message goes in the manifest
         shutil.rmtree(tmp, ignore_errors=True)
         error = f"{type(exc).__name__}: {exc}"
     outputs, nbytes = _listing(out_dir, config.name)
@@ -341,6 +382,17 @@ def prepare_one(config, out_dir, figures=True, compile_cache=None):
             "outputs": outputs, "bytes": nbytes, "time_s": round(time.perf_counter() - t0, 3),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+
+
+def target_task(config, out_dir, figures, compile_cache, root, field):
+    """The Dask task of one target with frame reuse: ``field`` is its frames' record (from ``field_task``)."""
+    from .framecache import CachedFrames, cache_at
+
+    keys = {fr["band"]: tuple(fr["keys"].split(";")) for fr in field["frames"] if fr["status"] == "done"}
+    frames = CachedFrames(cache_at(root), config, keys)
+    rec = prepare_one(config, out_dir, figures, compile_cache, frames=frames)
+    rec["frame_work"] = list(frames.computed)  # frame-level work this target had to do itself (normally none)
+    return rec
 
 
 # --------------------------------------------------------------------------
@@ -425,22 +477,37 @@ def _alive(pid):
     return True
 
 
-def _start_client(scheduler, workers, dask_logs=logging.CRITICAL):
+def _start_client(scheduler, workers, dask_logs=logging.CRITICAL, dashboard=False):
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
     n = int(workers) if workers else max(1, min(os.cpu_count() or 1, 4))
+    import importlib.util
+
+    # Dask's dashboard needs bokeh; without it none is started (and the address printed says so)
+    dash = ":0" if dashboard and importlib.util.find_spec("bokeh") is not None else None
     # the local cluster's own logs (cancelled tasks, lost heartbeats on Ctrl-C, ...) stay quiet unless asked
     # for: every target's failure is in the manifest already
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dash,
                            env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, silence_logs=dask_logs)
     return Client(cluster), cluster
 
 
+def dashboard_link(client):
+    """The Dask dashboard's address of ``client``'s scheduler, or None when it serves none."""
+    try:
+        info = client.scheduler_info()
+        if "dashboard" not in info.get("services", {}):
+            return None
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - an older / unusual scheduler: no address to give
+        return None
+
+
 def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=None, figures=True,
               retry_failed=True, progress=None, targets_dir=None, compile_cache="default",
-              dask_logs=logging.CRITICAL):
+              dask_logs=logging.CRITICAL, reuse_frames=True, frame_progress=None, on_client=None, dashboard=False):
     """Prepare many targets on Dask, resumably; returns a :class:`BatchResult`.
 
     Parameters
@@ -452,7 +519,8 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         templates filled from each target's row.
     out_dir : path
         Products go to ``out_dir/<name>/`` (the files ``gsprep prepare``
-        writes), the manifest to ``out_dir/manifest.csv``.
+        writes), the manifest to ``out_dir/manifest.csv``, the frame cache
+        to ``out_dir/frames/``.
     client : dask.distributed.Client, optional
         Use this client (your own cluster).  Else ``scheduler`` (an address
         such as ``"tcp://host:8786"``) is connected to, else a
@@ -470,6 +538,20 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
     targets_dir : path, optional
         Folder that relative ``file_<band>`` entries of the table are
         relative to (default: the table file's folder, or the current one).
+    reuse_frames : bool
+        Compute each frame's sky, stars and PSF once, in frame tasks that
+        the target tasks depend on, and keep them in ``out_dir/frames/``
+        (default True; see :mod:`gsprep.framecache`).  False: every target
+        task does its frames' work itself (the products are the same).
+    frame_progress : callable, optional
+        Called as ``frame_progress(record, counts)`` after each frame-level
+        task (a row of :func:`read_frame_manifest`), ``counts`` as for
+        ``progress``, over the frame-level tasks of this run.
+    on_client : callable, optional
+        Called with the Dask client once it is connected (before any task),
+        e.g. to print :func:`dashboard_link`.
+    dashboard : bool
+        Serve Dask's dashboard from the local cluster (needs bokeh).
 
     Notes
     -----
@@ -500,6 +582,9 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
     if targets_dir is None and not isinstance(targets, Table):
         targets_dir = os.path.dirname(os.path.abspath(os.fspath(targets)))
     tab = read_targets(targets)
+    if reuse_frames and FRAMES in list(tab["name"]):
+        msg = f"targets: the name {FRAMES!r} is the frame cache's folder; give that target another name"
+        raise ValueError(msg)
     if not isinstance(config, PrepareConfig):
         config = load_config(config, batch=True)
     configs = target_configs(tab, config, targets_dir=targets_dir)
@@ -514,6 +599,9 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         compile_cache = os.path.abspath(os.fspath(compile_cache))
     with _lock(out_dir):
         shutil.rmtree(os.path.join(out_dir, PARTIAL), ignore_errors=True)  # leftovers of a killed run
+        from .framecache import FrameCache
+
+        FrameCache(os.path.join(out_dir, FRAMES)).clean()  # half-written cache entries of a killed run
         prev = _manifest_records(out_dir)
         status, todo = {}, []
         for cfg in configs:
@@ -527,8 +615,10 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
         skipped = len(configs) - len(todo)
         records = []
         if todo:
-            records = _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status,
-                           len(configs), progress, dask_logs)
+            opts = {"figures": figures, "compile_cache": compile_cache, "progress": progress, "dask_logs": dask_logs,
+                    "reuse_frames": reuse_frames, "frame_progress": frame_progress, "on_client": on_client,
+                    "dashboard": dashboard}
+            records = _run(todo, out_dir, manifest, client, scheduler, workers, status, len(configs), **opts)
         _compact(out_dir)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(out_dir, PARTIAL))
@@ -538,27 +628,103 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
                        elapsed_s=time.perf_counter() - t0, records=tuple(records))
 
 
-def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, workers, status, total, progress,
-         dask_logs):
+def _failed_record(name, error):
+    return {"name": name, "status": "failed", "error": _clean(error), "outputs": [], "bytes": 0, "time_s": 0.0,
+            "worker": "", "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+
+
+def _submit(client, todo, out_dir, figures, compile_cache, reuse_frames):
+    """Submit every task; returns ``(targets, frame_level, parents)``: future -> name / ident, target -> field."""
+    token = uuid.uuid4().hex[:8]
+    targets, frame_level, parents = {}, {}, {}
+    if not reuse_frames:
+        for cfg in todo:
+            fut = client.submit(prepare_one, cfg, out_dir, figures, compile_cache, key=f"gsprep-{cfg.name}-{token}",
+                                pure=False)
+            targets[fut] = cfg.name
+        return targets, frame_level, parents
+    from .framecache import field_task, frame_task
+
+    root = os.path.join(out_dir, FRAMES)
+    frames, fields = {}, {}
+    for cfg in todo:
+        fids = []
+        for band, spec in cfg.bands.items():
+            fid = (band, os.path.abspath(os.fspath(spec.file)), str(spec.hdu))
+            if fid not in frames:  # one task per frame and band: it reads the frame itself (a path, not pixels)
+                ident = f"{band}:{_rel(fid[1], out_dir)}[{spec.hdu}]"
+                fut = client.submit(frame_task, root, cfg, band, ident, compile_cache, priority=20, pure=False,
+                                    key=f"gsprep-frame-{len(frames)}-{token}")
+                frames[fid] = fut
+                frame_level[fut] = ident
+            fids.append(fid)
+        field = tuple(fids)
+        if field not in fields:  # the PSF fit of the bands fitted together, after their frames
+            ident = "psf:" + "+".join(f"{b}:{_rel(f, out_dir)}[{h}]" for b, f, h in field)
+            fut = client.submit(field_task, root, cfg, [frames[f] for f in field], ident, compile_cache,
+                                priority=10, pure=False, key=f"gsprep-psf-{len(fields)}-{token}")
+            fields[field] = fut
+            frame_level[fut] = ident
+        fut = client.submit(target_task, cfg, out_dir, figures, compile_cache, root, fields[field], pure=False,
+                            key=f"gsprep-{cfg.name}-{token}")
+        targets[fut] = cfg.name
+        parents[fut] = (fields[field], [frames[f] for f in field])
+    return targets, frame_level, parents
+
+
+def _rel(path, out_dir):
+    rel = os.path.relpath(path, os.path.dirname(out_dir))
+    return path if rel.startswith("..") else rel
+
+
+def _dependency_error(parents, fut, exc):
+    """The message of a target whose task did not run: its frame's error when a frame task failed."""
+    field, frames = parents.get(fut, (None, []))
+    for dep in [*frames, field]:
+        if dep is not None and dep.status == "error":
+            err = dep.exception()
+            return f"frame task failed: {type(err).__name__}: {err}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _run(todo, out_dir, manifest, client, scheduler, workers, status, total, *, figures, compile_cache, progress,
+         dask_logs, reuse_frames, frame_progress, on_client, dashboard):
     from dask.distributed import as_completed
 
     made, cluster = client is None, None
     if made:
-        client, cluster = _start_client(scheduler, workers, dask_logs)
+        client, cluster = _start_client(scheduler, workers, dask_logs, dashboard)
     records = []
     counts = collections.Counter(status.values())  # kept up to date: no pass over every target per result
+    frame_manifest = os.path.join(out_dir, FRAMES, MANIFEST)
     try:
-        token = uuid.uuid4().hex[:8]
-        futures = {client.submit(prepare_one, cfg, out_dir, figures, compile_cache, key=f"gsprep-{cfg.name}-{token}",
-                                 pure=False): cfg.name for cfg in todo}
-        for fut in as_completed(futures):
-            name = futures[fut]
+        if on_client is not None:
+            on_client(client)
+        if reuse_frames:
+            os.makedirs(os.path.dirname(frame_manifest), exist_ok=True)
+        targets, frame_level, parents = _submit(client, todo, out_dir, figures, compile_cache, reuse_frames)
+        fcounts = collections.Counter()
+        for fut in as_completed([*frame_level, *targets]):
+            if fut in frame_level:
+                ident = frame_level[fut]
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # noqa: BLE001 - the worker died, or a bug: its targets fail with it
+                    rec = {"kind": "psf" if ident.startswith("psf:") else "frame", "frame": ident, "status": "failed",
+                           "error": f"{type(exc).__name__}: {exc}",
+                           "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+                _append(frame_manifest, rec, FRAME_COLUMNS)
+                fcounts[rec["status"]] += 1
+                if frame_progress is not None:
+                    n = len(frame_level)
+                    frame_progress(rec, {"total": n, "done": fcounts["done"], "failed": fcounts["failed"],
+                                         "remaining": n - fcounts["done"] - fcounts["failed"]})
+                continue  # released with the targets that need it
+            name = targets[fut]
             try:
                 rec = fut.result()
-            except Exception as exc:  # the worker died (KilledWorker) or the task was lost
-                rec = {"name": name, "status": "failed", "error": _clean(f"{type(exc).__name__}: {exc}"),
-                       "outputs": [], "bytes": 0, "time_s": 0.0, "worker": "",
-                       "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+            except Exception as exc:  # noqa: BLE001 - the worker died, the task was lost, its frame task failed
+                rec = _failed_record(name, _dependency_error(parents, fut, exc))
             _append(manifest, rec)
             records.append(rec)
             status[name] = rec["status"]  # names here were not in ``status`` before (they were to do)
@@ -567,9 +733,146 @@ def _run(todo, out_dir, manifest, figures, compile_cache, client, scheduler, wor
                 progress(rec, {"total": total, "done": counts["done"], "failed": counts["failed"],
                                "remaining": total - counts["done"] - counts["failed"]})
             fut.release()
+            parents.pop(fut, None)
+        if reuse_frames:
+            _compact_frames(frame_manifest)
     finally:
         if made:
             client.close()
         if cluster is not None:
             cluster.close()
     return records
+
+
+def _compact_frames(path):
+    """Rewrite the frames manifest with one row per frame-level task (atomically)."""
+    tab = read_frame_manifest(os.path.dirname(os.path.dirname(path)))
+    if not len(tab):
+        return
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(FRAME_COLUMNS)
+            for row in tab:
+                w.writerow([row[c] for c in FRAME_COLUMNS])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+# --------------------------------------------------------------------------
+# progress
+
+
+def _duration(s):
+    s = round(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class BatchProgress:
+    """Progress of a batch: a bar redrawn in place on a terminal, one plain line per finished task otherwise.
+
+    Pass ``progress=bar.target, frame_progress=bar.frame`` to
+    :func:`run_batch` (``gsprep batch`` does).  The bar shows frames and
+    targets done / failed / remaining, targets per minute over this run and
+    the time left; a failed target or frame is always printed as a line of
+    its own, with its error.
+    """
+
+    def __init__(self, stream=None, *, tty=None, width=None, min_interval=0.2):
+        import sys
+
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.width = width or (shutil.get_terminal_size((100, 20)).columns if self.tty else 100)
+        self.min_interval = min_interval
+        self.t0 = time.perf_counter()
+        self.frames = {"total": 0, "done": 0, "failed": 0, "remaining": 0}
+        self.targets = None
+        self.ran = 0
+        self._drawn = 0.0
+        self._line = False
+
+    def say(self, text):
+        """Print a line (above the bar on a terminal)."""
+        self._clear()
+        print(text, file=self.stream, flush=True)
+        self._draw(force=True)
+
+    def _clear(self):
+        if self.tty and self._line:
+            self.stream.write("\r" + " " * (self.width - 1) + "\r")
+            self._line = False
+
+    def status(self):
+        """The one-line summary the bar shows."""
+        parts = []
+        f = self.frames
+        if f["total"]:
+            parts.append(f"frames {f['done']}/{f['total']}" + (f" ({f['failed']} failed)" if f["failed"] else ""))
+        t = self.targets
+        if t:
+            parts.append(f"targets {t['done']}/{t['total']} done, {t['failed']} failed, {t['remaining']} left")
+            el = time.perf_counter() - self.t0
+            if self.ran and el > 0:
+                rate = 60.0 * self.ran / el
+                parts.append(f"{rate:.1f}/min")
+                if t["remaining"]:
+                    parts.append(f"ETA {_duration(t['remaining'] / rate * 60.0)}")
+        return " | ".join(parts)
+
+    def _draw(self, force=False):
+        if not self.tty:
+            return
+        now = time.perf_counter()
+        if not force and now - self._drawn < self.min_interval:
+            return
+        self._drawn = now
+        t = self.targets
+        frac = (t["done"] + t["failed"]) / t["total"] if t and t["total"] else 0.0
+        n = 20
+        bar = "#" * int(frac * n) + "-" * (n - int(frac * n))
+        text = f"[{bar}] {self.status()}"[: self.width - 1]
+        self.stream.write("\r" + text.ljust(self.width - 1))
+        self.stream.flush()
+        self._line = True
+
+    def frame(self, rec, counts):
+        """``frame_progress`` for :func:`run_batch`."""
+        self.frames = dict(counts)
+        what = "psf fit" if rec.get("kind") == "psf" else "frame"
+        if rec["status"] == "failed":
+            self.say(f"{what} {rec['frame']}: failed: {rec['error']}")
+        elif not self.tty:
+            how = f"computed {rec.get('computed') or 'nothing'}" if rec.get("computed") else "from the cache"
+            print(f"[frames {counts['done'] + counts['failed']}/{counts['total']}] {what} {rec['frame']}: {how} "
+                  f"({rec.get('time_s', 0.0):.1f} s)", file=self.stream, flush=True)
+        self._draw()
+
+    def target(self, rec, counts):
+        """``progress`` for :func:`run_batch`."""
+        self.targets = dict(counts)
+        self.ran += 1
+        n = counts["done"] + counts["failed"]
+        line = f"[{n:>{len(str(counts['total']))}}/{counts['total']}] {rec['name']}: {rec['status']} " \
+               f"({rec['time_s']:.1f} s)"
+        if rec["error"]:
+            line += f": {rec['error']}"
+        if rec["status"] == "failed":
+            self.say(line)
+        elif not self.tty:
+            print(f"{line}  | {self.status()}", file=self.stream, flush=True)
+        self._draw(force=counts["remaining"] == 0)
+
+    def close(self):
+        """End the bar's line (on a terminal)."""
+        if self.tty and self._line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._line = False

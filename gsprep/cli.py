@@ -179,25 +179,28 @@ def cmd_psf(args):
 
 
 def cmd_batch(args):
-    from .batch import run_batch
+    from .batch import BatchProgress, dashboard_link, run_batch
 
-    width = [0]
-
-    def show(rec, c):
-        width[0] = width[0] or len(str(c["total"]))
-        n = c["done"] + c["failed"]
-        line = f"[{n:>{width[0]}}/{c['total']}] {rec['name']}: {rec['status']} ({rec['time_s']:.1f} s)"
-        if rec["error"]:
-            line += f": {rec['error']}"
-        _say(args, f"{line}  | done {c['done']}, failed {c['failed']}, remaining {c['remaining']}")
-
+    bar = BatchProgress(sys.stdout) if not args.quiet else None
     _say(args, f"gsprep batch: {args.targets} -> {args.out}"
                + (f" on {args.scheduler}" if args.scheduler else f" ({args.workers or 'auto'} local workers)"))
+
+    def connected(client):
+        link = dashboard_link(client)
+        _say(args, f"gsprep batch: Dask dashboard at {link}" if link else
+             "gsprep batch: no Dask dashboard (the local cluster serves one when bokeh is installed)")
+
     import logging
 
-    res = run_batch(args.targets, args.config, args.out, scheduler=args.scheduler, workers=args.workers,
-                    figures=not args.no_figures, retry_failed=not args.skip_failed, progress=show,
-                    dask_logs=logging.WARNING if args.debug else logging.CRITICAL)
+    try:
+        res = run_batch(args.targets, args.config, args.out, scheduler=args.scheduler, workers=args.workers,
+                        figures=not args.no_figures, retry_failed=not args.skip_failed,
+                        progress=bar.target if bar else None, frame_progress=bar.frame if bar else None,
+                        on_client=connected, dashboard=True,
+                        dask_logs=logging.WARNING if args.debug else logging.CRITICAL)
+    finally:
+        if bar:
+            bar.close()
     rate = f", {res.targets_per_minute:.1f} targets/min" if res.ran else ""
     print(f"gsprep batch: {res.total} targets: {res.done} done, {res.failed} failed; ran {res.ran} "
           f"in {res.elapsed_s:.0f} s{rate}; {res.skipped} already finished; manifest {res.manifest}", flush=True)

@@ -277,23 +277,76 @@ def _excluded(maps):
     return None if maps is None else maps.bad | maps.user
 
 
-def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=None):
+def _sigma_full(clean, sky, spec, exptime, gain, maps):
+    """The frame-sized sigma image of a sky-subtracted frame (the noise map's when given; NaN where ``maps.bad``)."""
+    if maps is not None and maps.sigma is not None:
+        sig_full = maps.sigma
+    else:
+        sig_full = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
+    if maps is not None:
+        sig_full = np.where(maps.bad, np.nan, sig_full)
+    return sig_full
+
+
+def _band_psf_stars(image, clean, sig_full, sky, config, spec):
+    return frame_psf_stars(image, clean, sig_full, sky, fwhm=spec.fwhm, nsigma=config.star_nsigma,
+                           npixels=config.star_npixels, stamp_size=config.stamp_size, criteria=config.criteria)
+
+
+# The frame-level products of one band, target-independent: what ``prepare_target`` computes for a band before
+# (and apart from) its target, so that a batch computes them once per frame (``gsprep.framecache``).
+
+def band_frame_sky(image, config, spec, maps=None, *, band="band"):
+    """A band's sky exactly as ``prepare_target`` fits it on the CPU (one band); ``ValueError`` when it cannot be."""
+    keep_out = _band_sky_mask(image, config, spec)
+    if maps is not None:
+        keep_out = keep_out | _excluded(maps)
+    fit = _skies({band: image.data}, {band: keep_out}, config.sky_order, stack=False, method=config.sky_method,
+                 box=config.sky_box, regions=config.sky_regions)[band]
+    if isinstance(fit, Exception):
+        raise fit
+    return fit
+
+
+def band_frame_stars(image, config, spec, sky, *, exptime, gain, maps=None):
+    """A band's PSF stars ``(stars, stamps)`` exactly as ``prepare_target`` finds them, its sky known."""
+    clean = image.data - sky.background
+    sig_full = _sigma_full(clean, sky, spec, exptime, gain, maps)
+    if maps is not None:
+        sig_full = _fill_sigma(sig_full, maps.bad, ~maps.bad)
+    return _band_psf_stars(image, clean, sig_full, sky, config, spec)
+
+
+def band_psfs(stamps, oversampling):
+    """PSF fits of the bands ``stamps`` (band -> Stamps, in band order) as ``prepare_target`` makes them."""
+    return _psfs(stamps, oversampling)
+
+
+def _psf_at_target(res, cut):
+    """The PSF for a target: a spatially varying result evaluated at the target's frame pixel, else ``res``."""
+    if isinstance(res, Exception) or cut is None or not callable(getattr(res, "psf_at", None)):
+        return res
+    if getattr(res, "spatial", None) is None or int(np.max(getattr(res, "degree", 0) or 0)) <= 0:
+        return res
+    x = float(cut.origin[0]) + float(cut.center[0])
+    y = float(cut.origin[1]) + float(cut.center[1])
+    return dataclasses.replace(res, psf=np.asarray(res.psf_at(x, y)))
+
+
+def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=None, frames=None):
     """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``.
 
     ``maps`` (:class:`BandMaps`): the noise map replaces the computed sigma
     image; its invalid pixels and DQ-bad ones get mask bit ``BAD``, the user
     mask bit ``USER``; masked ``BAD`` pixels are written with a large finite
-    sigma.
+    sigma.  ``frames``: precomputed frame products (see ``prepare_target``),
+    whose ``stars(band)`` replaces the star search.
     """
     clean = image.data - sky.background
     cut = cutout(clean, r=config.r, **target)
-    if maps is not None and maps.sigma is not None:
-        sig_full = maps.sigma
-    else:
-        sig_full = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
+    sig_full = _sigma_full(clean, sky, spec, exptime, gain, maps)
     bad_cut = user_cut = np.zeros(cut.data.shape[-2:], bool)
     if maps is not None:
-        sig_full = np.where(maps.bad, np.nan, sig_full)
         bad_cut = _sub(maps.bad.astype(float), cut) > 0  # NaN (off the frame) is False
         user_cut = _sub(maps.user.astype(float), cut) > 0
     sig = _sub(sig_full, cut)
@@ -314,10 +367,10 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
         sig = _fill_sigma(sig, bad_cut, mask.mask == 0)
         sig_full = _fill_sigma(sig_full, maps.bad, ~maps.bad)
     stars = stamps = None
-    if config.psf:
-        stars, stamps = frame_psf_stars(image, clean, sig_full, sky, fwhm=spec.fwhm, nsigma=config.star_nsigma,
-                                        npixels=config.star_npixels, stamp_size=config.stamp_size,
-                                        criteria=config.criteria)
+    if config.psf and frames is not None:  # precomputed (batch frame cache): the same stars, read back
+        stars, stamps = frames.stars(band)
+    elif config.psf:
+        stars, stamps = _band_psf_stars(image, clean, sig_full, sky, config, spec)
     return BandProducts(band=band, sky=sky, cutout=cut, sigma=sig, mask=mask, stars=stars, stamps=stamps)
 
 
@@ -414,7 +467,7 @@ def _psfs(stamps, oversampling):
     return out
 
 
-def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto", maps=None):
+def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto", maps=None, frames=None):
     """Prepare one target in every band.
 
     Parameters
@@ -439,6 +492,14 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     maps : dict of str -> BandMaps or None, optional
         From :func:`read_band_maps` (default: read here, before any work;
         a bad map raises ``ValueError`` ``config: [bands.NAME] ...``).
+    frames : optional
+        Precomputed frame-level products (the batch's frame cache,
+        :class:`gsprep.framecache.CachedFrames`): ``frames.sky(band)``,
+        ``frames.stars(band)`` and ``frames.psfs(stamps)`` stand in for the
+        sky fit, the star search and the PSF fit, which give the same
+        products (``ValueError`` where the computation would raise); not
+        with ``stack_bands=False``.  The sky is then each band's own fit, as
+        ``"auto"`` fits it on the CPU.
 
     Returns
     -------
@@ -454,6 +515,9 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     out = {}
     if stack_bands not in ("auto", True, False):
         msg = f"stack_bands must be 'auto', True or False, got {stack_bands!r}"
+        raise ValueError(msg)
+    if frames is not None and stack_bands is False:
+        msg = "frames (precomputed frame products) need stack_bands 'auto' or True"
         raise ValueError(msg)
     from .presets import apply_presets
 
@@ -482,6 +546,8 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         try:
             inputs[band] = _band_inputs(image, config.bands[band], band)
             targets[band] = _cut_target(image, config.bands[band], band, ra, dec, pixel, use_wcs, config)
+            if frames is not None:  # the sky comes from the frame cache
+                continue
             keep_out[band] = _band_sky_mask(image, config, config.bands[band])
             if maps.get(band) is not None:
                 keep_out[band] = keep_out[band] | _excluded(maps[band])
@@ -495,8 +561,11 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         stack_sky = jax.default_backend() != "cpu"
     else:
         stack_sky = bool(stack_bands)
-    skies = _skies({b: images[b].data for b in inputs}, keep_out, config.sky_order, stack=stack_sky,
-                   method=config.sky_method, box=config.sky_box, regions=config.sky_regions)
+    if frames is not None:
+        skies = {b: _or_error(frames.sky, b) for b in inputs}
+    else:
+        skies = _skies({b: images[b].data for b in inputs}, keep_out, config.sky_order, stack=stack_sky,
+                       method=config.sky_method, box=config.sky_box, regions=config.sky_regions)
     partial = {}
     for band in inputs:
         if isinstance(skies[band], Exception):
@@ -505,21 +574,31 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
         say(f"{band}: cutout, sigma, mask, stars")
         try:
             partial[band] = _band_after_sky(images[band], targets[band], config, config.bands[band], skies[band],
-                                            *inputs[band], band, maps.get(band))
+                                            *inputs[band], band, maps.get(band), frames)
         except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
     with_stamps = {b: p.stamps for b, p in partial.items() if p.stamps is not None}
     if with_stamps:
         say(f"PSF: {', '.join(with_stamps)}")
-    psfs = _psfs(with_stamps, config.oversampling) if with_stamps else {}
+    if with_stamps:
+        psfs = frames.psfs(with_stamps) if frames is not None else _psfs(with_stamps, config.oversampling)
+    else:
+        psfs = {}
     for band in images:  # keep the caller's band order
         if band in partial:
             res = psfs.get(band)
             if isinstance(res, Exception):
                 out[band] = BandProducts(band=band, error=str(res))
             else:
-                out[band] = dataclasses.replace(partial[band], psf=res)
+                out[band] = dataclasses.replace(partial[band], psf=_psf_at_target(res, partial[band].cutout))
     return {b: out[b] for b in images}
+
+
+def _or_error(fn, band):
+    try:
+        return fn(band)
+    except (ValueError, TypeError) as exc:
+        return exc
 
 
 def read_bands(config):
@@ -556,7 +635,7 @@ class TargetRun:
         return not self.errors
 
 
-def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False):
+def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False, frames=None):
     """Read every band's frame, prepare the target and write its products to ``out_dir``.
 
     This is ``gsprep prepare`` as a function (``gsprep batch`` runs it once
@@ -564,7 +643,8 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False)
     PSF star, ...) are listed in ``errors`` (band -> message, in config
     order) and the other bands are still written.  An ``out_dir`` that
     already holds this target's products is refused before any work unless
-    ``overwrite``.
+    ``overwrite``.  ``frames``: precomputed frame-level products (see
+    :func:`prepare_target`; ``gsprep batch`` passes its frame cache).
     """
     check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
     from .presets import apply_presets
@@ -572,7 +652,8 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False)
     config = apply_presets(config)  # each band's preset filled in from its file (an error stops here)
     images, read_errors = read_bands(config)
     maps = read_band_maps(config, images)  # a bad noise / DQ / mask map stops here, before any work
-    products = prepare_target(images, config.ra, config.dec, config, progress=progress, maps=maps) if images else {}
+    products = (prepare_target(images, config.ra, config.dec, config, progress=progress, maps=maps, frames=frames)
+                if images else {})
     written = write_products(products, config, images, out_dir, figures=figures, overwrite=overwrite)
     errors = {}
     for band in config.bands:

@@ -1,19 +1,24 @@
-"""Batch runs on Dask: same products as ``gsprep prepare``, failures recorded, resumable, kill-safe."""
+"""Batch runs on Dask: same products as ``gsprep prepare``, frame work once per frame, resumable, kill-safe."""
 
+import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from gsprep import batch
-from gsprep.batch import read_manifest, read_targets, run_batch, target_configs
+from gsprep import batch, framecache
+from gsprep.batch import (
+    read_frame_manifest,
+    read_manifest,
+    read_targets,
+    run_batch,
+    target_configs,
+)
 from gsprep.cli import main
 from gsprep.pipeline import load_config
 from gsprep.simulate import demo_frame
@@ -76,123 +81,301 @@ def files_under(folder):
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    # the folder the in-process command line uses too (tests/conftest.py), so that the workers load
-    # the fits that an earlier `gsprep prepare` in this process compiled instead of compiling them again
+    # the folder the in-process command line uses too (tests/conftest.py)
     return os.environ.get("GSPREP_COMPILE_CACHE") or str(tmp_path_factory.mktemp("jax-cache"))
 
 
 @pytest.fixture(scope="module")
 def client():
+    # an in-process cluster (threads): the tasks share this process's compiled fits and framecache.WORK counts
+    # their frame-level work; what is tested here is the task graph and the cache, not process workers
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as c:
         yield c
 
 
-def test_batch_matches_prepare_records_failure_and_resumes(tmp_path, client, cache_dir):
-    targets, bands = make_targets(tmp_path, n=4, corrupt="t3")
-    out = tmp_path / "out"
+def write_field(folder, field, *, ra=150.0, edit=(), only=None):
+    """Frames ``folder/frames/<field>_<band>.fits``: the same pixels for every field (so every PSF fit has one
+    shape and compiles once), told apart by their WCS; bands in ``edit`` get one header card more; ``only``:
+    write just these bands."""
+    (folder / "frames").mkdir(exist_ok=True)
+    for i, (band, fwhm) in enumerate(BANDS):
+        if only is not None and band not in only:
+            continue
+        data, header = demo_frame(fwhm=fwhm, seed=i, shape=(300, 300), n_stars=30, ra=ra)
+        if band in edit:
+            header["HISTORY"] = "edited"
+        fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(folder / "frames" / f"{field}_{band}.fits",
+                                                                        overwrite=True)
+    return header
+
+
+def field_targets(folder, rows):
+    """A targets table with ``file_<band>`` columns: rows of ``(name, field, where)``, where = "centre" or
+    "neighbour" (the second galaxy of ``demo_frame``); returns the table and the bands config."""
+    out = []
+    for name, field, where in rows:
+        path = folder / "frames" / f"{field}_g.fits"
+        with fits.open(path) as h:
+            from astropy.wcs import WCS
+
+            w = WCS(h[0].header)
+        x, y = (149.5, 149.5) if where == "centre" else (149.5 + 45, 149.5 - 35)
+        c = w.pixel_to_world(x, y)
+        out.append((name, float(c.ra.deg), float(c.dec.deg), f"frames/{field}_g.fits", f"frames/{field}_r.fits"))
+    Table(rows=out, names=("name", "ra", "dec", "file_g", "file_r")).write(folder / "targets.csv", overwrite=True)
+    lines = ["[target]", "r = 12.0", "", "[options]", *OPTIONS, ""]
+    for band, fwhm in BANDS:
+        lines += [f"[bands.{band}]", 'file = "unused"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
+    (folder / "bands.toml").write_text("\n".join(lines))
+    return folder / "targets.csv", folder / "bands.toml"
+
+
+def single_config(folder, name, ra, dec, field):
+    lines = ["[target]", f'name = "{name}"', f"ra = {float(ra)!r}", f"dec = {float(dec)!r}", "r = 12.0", "", "[options]", *OPTIONS,
+             ""]
+    for band, fwhm in BANDS:
+        lines += [f"[bands.{band}]", f'file = "frames/{field}_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
+    path = folder / f"{name}.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def assert_same_products(got, want, name):
+    files = sorted(os.listdir(want))
+    assert sorted(os.listdir(got)) == files == sorted(
+        [f"{name}_g.fits", f"{name}_g_psf.fits", f"{name}_r.fits", f"{name}_r_psf.fits", f"{name}_images.lyric"])
+    for f in files:
+        if f.endswith(".fits"):
+            assert_same_fits(got / f, want / f)
+        else:
+            assert (got / f).read_text() == (want / f).read_text()
+
+
+def work():
+    return dict(framecache.WORK)
+
+
+def work_since(before):
+    return {k: v - before.get(k, 0) for k, v in framecache.WORK.items() if v - before.get(k, 0)}
+
+
+def test_frame_reuse_matches_prepare_counts_work_and_resumes(tmp_path, client, cache_dir):
+    write_field(tmp_path, "A")
+    write_field(tmp_path, "B", ra=150.05)
+    (tmp_path / "frames" / "junk_g.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    (tmp_path / "frames" / "junk_r.fits").write_bytes(b"not a FITS file")
+    targets, bands = field_targets(tmp_path, [("a0", "A", "centre"), ("a1", "A", "neighbour"), ("b0", "B", "centre")])
     tab = read_targets(targets)
+    tab.add_row(("bad", 150.0, 2.2, "frames/junk_g.fits", "frames/junk_r.fits"))  # on two unreadable frames
+    tab.write(targets, overwrite=True)
+    # `gsprep prepare` on the two targets of field A alone (in this process: the batch reuses its compiled fits)
+    singles = {}
+    for row in tab[:2]:
+        singles[row["name"]] = tmp_path / f"single-{row['name']}"
+        cfg = single_config(tmp_path, row["name"], row["ra"], row["dec"], "A")
+        assert main(["prepare", str(cfg), "--out", str(singles[row["name"]]), "--no-figures", "--quiet"]) == 0
 
-    def prepare_alone(row):
-        single = tmp_path / f"single-{row['name']}"
-        if not single.exists():
-            assert main(["prepare", str(prepare_config(tmp_path, row["name"], row["ra"])), "--out", str(single),
-                         "--no-figures", "--quiet"]) == 0
-        return single
-
-    prepare_alone(tab[0])  # first, in this process: its compiled fits land in the shared compile cache
-    seen = []
+    out = tmp_path / "out"
+    before = work()
+    seen, frames_seen = [], []
     res = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir,
-                    progress=lambda rec, c: seen.append((rec["name"], dict(c))))
-    assert (res.total, res.done, res.failed, res.ran, res.skipped) == (4, 3, 1, 4, 0)
-    # progress counted the whole batch down to zero remaining
-    assert sorted(n for n, _ in seen) == ["t0", "t1", "t2", "t3"]
+                    progress=lambda rec, c: seen.append((rec["name"], dict(c))),
+                    frame_progress=lambda rec, c: frames_seen.append(dict(c)))
+    assert (res.total, res.done, res.failed, res.ran) == (4, 3, 1, 4)
+    # frame-level work once per frame (A and B: 2 bands each) and once per field's PSF, however many targets
+    assert work_since(before) == {"sky": 4, "stars": 4, "psf": 2}
+    assert all(r["frame_work"] == [] for r in res.records)  # no target did any frame-level work itself
     assert seen[-1][1] == {"total": 4, "done": 3, "failed": 1, "remaining": 0}
+    # 6 frames and 3 PSF sets: the junk frames failed; junk's PSF set had nothing to fit
+    assert frames_seen[-1] == {"total": 9, "done": 7, "failed": 2, "remaining": 0}
+    # the target on the broken frames failed with the frames' errors, the others are unaffected
     man = read_manifest(out)
     status = dict(zip(man["name"], man["status"], strict=True))
-    assert status == {"t0": "done", "t1": "done", "t2": "done", "t3": "failed"}
-    err = man["error"][list(man["name"]).index("t3")]
-    assert err.startswith("r: ") and "t3_r.fits" in err
-    # the readable band of the failed target is still written, like `gsprep prepare` does
-    assert (out / "t3" / "t3_g.fits").exists() and not (out / "t3" / "t3_r.fits").exists()
+    assert status == {"a0": "done", "a1": "done", "b0": "done", "bad": "failed"}
+    err = man["error"][list(man["name"]).index("bad")]
+    assert err.startswith("g: ") and "junk_g.fits" in err and "; r: " in err and "junk_r.fits" in err
+    fm = read_frame_manifest(out)
+    assert sorted(fm["status"]) == ["done"] * 7 + ["failed"] * 2
+    assert sorted(c for c in fm["computed"] if c) == ["psf", "psf", "sky;stars", "sky;stars", "sky;stars", "sky;stars"]
+    # products through the frame cache: identical to `gsprep prepare` on each target alone
+    for name, single in singles.items():
+        assert_same_products(out / name, single, name)
 
-    # every finished target: byte-for-byte the products of `gsprep prepare` run on that target alone
-    for row in tab[:3]:
-        name = row["name"]
-        single = prepare_alone(row)
-        got = sorted(os.listdir(out / name))
-        assert got == sorted(os.listdir(single)) == sorted(
-            [f"{name}_g.fits", f"{name}_g_psf.fits", f"{name}_r.fits", f"{name}_r_psf.fits", f"{name}_images.lyric"])
-        for f in got:
-            if f.endswith(".fits"):
-                assert_same_fits(out / name / f, single / f)
-            else:
-                assert (out / name / f).read_text() == (single / f).read_text()
-
-    # second run: no work for the finished targets, the failed one is retried (and fails again)
-    stamp = {f: os.stat(out / f).st_mtime_ns for f in files_under(out) if f.startswith(("t0", "t1", "t2"))}
+    # a re-run: finished targets and their frames are not touched; the failed one is retried (its frames again)
+    before = work()
     res2 = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir)
     assert (res2.ran, res2.skipped, res2.done, res2.failed) == (1, 3, 3, 1)
-    assert [r["name"] for r in res2.records] == ["t3"]
-    assert {f: os.stat(out / f).st_mtime_ns for f in stamp} == stamp
+    assert work_since(before) == {}
 
-    # mend the frame and lose one product of t0: the third run redoes exactly those two
-    make_targets(tmp_path, n=4)
-    os.remove(out / "t0" / "t0_r_psf.fits")
-    # (through the scheduler's address this time, as `gsprep batch --scheduler` does)
-    res3 = run_batch(targets, bands, out, scheduler=client.scheduler.address, figures=False, compile_cache=cache_dir)
-    assert sorted(r["name"] for r in res3.records) == ["t0", "t3"]
-    assert (res3.done, res3.failed) == (4, 0)
-    assert (out / "t0" / "t0_r_psf.fits").exists() and (out / "t3" / "t3_r.fits").exists()
-    # nothing temporary is left, and the manifest is one row per target
-    assert [f for f in files_under(out) if ".gsprep-" in f and "jax-cache" not in f] == []
-    assert len(read_manifest(out)) == 4
+    # one frame edited (B's r band) and a new target on B: exactly B r's sky and stars and B's PSF are redone
+    write_field(tmp_path, "B", ra=150.05, edit=("r",), only=("r",))
+    tab = read_targets(targets)
+    tab.add_row(("b1", *field_targets_row(tmp_path, "B")))
+    tab.write(targets, overwrite=True)
+    before = work()
+    res3 = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir, retry_failed=False)
+    assert [r["name"] for r in res3.records] == ["b1"] and res3.records[0]["status"] == "done"
+    assert work_since(before) == {"sky": 1, "stars": 1, "psf": 1}
+    assert [f for f in files_under(out) if ".gsprep-" in f or "/.tmp-" in f] == []
+    assert len(read_manifest(out)) == 5
 
 
-def test_killed_batch_leaves_no_partial_products_and_resumes(tmp_path, client, cache_dir):
-    targets, bands = make_targets(tmp_path, n=3)
+def field_targets_row(folder, field):
+    with fits.open(folder / "frames" / f"{field}_g.fits") as h:
+        from astropy.wcs import WCS
+
+        c = WCS(h[0].header).pixel_to_world(149.5 + 45, 149.5 - 35)
+    return float(c.ra.deg), float(c.dec.deg), f"frames/{field}_g.fits", f"frames/{field}_r.fits"
+
+
+def one_target_config(folder, field="A"):
+    targets, bands = field_targets(folder, [("a0", field, "centre")])
+    return target_configs(read_targets(targets), load_config(bands, batch=True), targets_dir=str(folder))[0]
+
+
+def test_cache_keys_follow_exactly_what_each_product_depends_on(tmp_path):
+    write_field(tmp_path, "A")
+    cfg = one_target_config(tmp_path)
+
+    def keys(c):
+        return {b: framecache.frame_keys(c, c.bands[b], framecache.file_digest(c.bands[b].file)) for b in c.bands}
+
+    def band(c, b, **kw):
+        return dataclasses.replace(c, bands={**c.bands, b: dataclasses.replace(c.bands[b], **kw)})
+
+    base = keys(cfg)
+    assert base["g"] != base["r"]
+    # target-only options: no frame product changes
+    assert keys(dataclasses.replace(cfg, name="x", ra=1.0, r=30.0, mask_nsigma=5.0, deblend=False, addgrow=2.0,
+                                    oversampling=3)) == base
+    assert keys(band(cfg, "g", zeropoint=20.0, filter="x", pixel_scale=0.5)) == base
+    # a star option: the stars (and so the PSFs) of every band, not the skies
+    new = keys(dataclasses.replace(cfg, star_nsigma=7.0))
+    assert all(new[b][0] == base[b][0] and new[b][1] != base[b][1] for b in "gr")
+    # a sky option: everything; a band's option: that band only
+    new = keys(dataclasses.replace(cfg, sky_order=2))
+    assert all(new[b][0] != base[b][0] and new[b][1] != base[b][1] for b in "gr")
+    new = keys(band(cfg, "g", fwhm=2.7))
+    assert new["r"] == base["r"] and new["g"][0] != base["g"][0] and new["g"][1] != base["g"][1]
+    # an edited frame: its own products only
+    write_field(tmp_path, "A", edit=("r",), only=("r",))
+    new = keys(cfg)
+    assert new["g"] == base["g"] and new["r"][0] != base["r"][0] and new["r"][1] != base["r"][1]
+    # a noise map, and an edit of it
+    fits.PrimaryHDU(np.ones((300, 300), np.float32)).writeto(tmp_path / "noise.fits")
+    noisy = band(cfg, "g", noise=str(tmp_path / "noise.fits"), noise_kind="rms")
+    k1 = keys(noisy)["g"]
+    fits.PrimaryHDU(2 * np.ones((300, 300), np.float32)).writeto(tmp_path / "noise.fits", overwrite=True)
+    k2 = keys(noisy)["g"]
+    assert len({k1, k2, new["g"]}) == 3
+    # the PSF of a set of bands: its bands' stars and the oversampling
+    p = framecache.psf_key({"g": new["g"][1], "r": new["r"][1]}, 2)
+    assert p != framecache.psf_key({"g": new["g"][1], "r": base["r"][1]}, 2)
+    assert p != framecache.psf_key({"g": new["g"][1], "r": new["r"][1]}, 3)
+    assert p != framecache.psf_key({"g": new["g"][1]}, 2)
+
+
+def test_interrupted_frame_task_leaves_nothing_half_written_and_the_next_run_completes(tmp_path, client, cache_dir,
+                                                                                        monkeypatch):
+    write_field(tmp_path, "A")
+    targets, bands = field_targets(tmp_path, [("a0", "A", "centre"), ("a1", "A", "neighbour")])
+    cfg = target_configs(read_targets(targets), load_config(bands, batch=True), targets_dir=str(tmp_path))[0]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "gsprep.cli", "batch", str(targets), "--config", str(bands), "--out", str(out),
-           "--workers", "1", "--no-figures"]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "manifest.csv").exists() and len(read_manifest(out)) >= 1:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the batch finished before it could be killed"
-        assert len(read_manifest(out)) >= 1, "no target finished in time"
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its scheduler and its worker, mid-batch
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    before = read_manifest(out)
-    assert len(before) < 3
-    # whatever target folder exists is complete: every FITS file in it reads and verifies
-    for name in ("t0", "t1", "t2"):
-        if (out / name).exists():
-            for f in os.listdir(out / name):
-                if f.endswith(".fits"):
-                    with fits.open(out / name / f) as h:
-                        h.verify("exception")
-                        assert h[0].data is not None
+    cache = framecache.FrameCache(out / "frames")
+    write = framecache._write_synced
+    calls = []
+
+    def dying(path, data):  # the frame task is killed while it writes its second entry (the stars)
+        calls.append(path)
+        if len(calls) == 3:
+            write(path, data[: len(data) // 2])
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(framecache, "_write_synced", dying)
+    with pytest.raises(KeyboardInterrupt):
+        framecache.ensure_frame(cache, cfg, cfg.bands["g"], "g")
+    monkeypatch.undo()
+    sky_key, _ = framecache.frame_keys(cfg, cfg.bands["g"], framecache.file_digest(cfg.bands["g"].file))
+    assert sorted(os.listdir(out / "frames")) == [sky_key]  # the finished entry only, no temporary folder
+    assert framecache.FrameCache(out / "frames").get(sky_key) is not None
+    # what a SIGKILL would leave: a temporary folder; and an entry whose payload was damaged since
+    (out / "frames" / ".tmp-stars-dead").mkdir()
+    (out / "frames" / ".tmp-stars-dead" / "payload.pkl").write_bytes(b"\x80\x05half")
+    before = work()
     res = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir)
-    assert (res.done, res.failed) == (3, 0)
-    assert res.ran == 3 - len(before)  # finished ones were not redone
-    man = read_manifest(out)
-    assert list(man["status"]) == ["done"] * 3
-    for row in before:
-        assert man["finished"][list(man["name"]).index(row["name"])] == row["finished"]
-    left = [f for f in files_under(out) if ".gsprep-" in f and "jax-cache" not in f]
-    assert left == []
-    for name in ("t0", "t1", "t2"):
-        assert sorted(os.listdir(out / name)) == sorted(
-            [f"{name}_g.fits", f"{name}_g_psf.fits", f"{name}_r.fits", f"{name}_r_psf.fits", f"{name}_images.lyric"])
+    assert (res.done, res.failed) == (2, 0)
+    # the g sky was resumed from the cache; the rest of the frame work done once for both targets
+    assert work_since(before) == {"sky": 1, "stars": 2, "psf": 1}
+    assert [f for f in os.listdir(out / "frames") if f.startswith(".tmp-")] == []
+    # a damaged entry is detected (checksum) and recomputed, and nothing else is
+    payload = out / "frames" / sky_key / "payload.pkl"
+    payload.write_bytes(payload.read_bytes()[:-10] + b"0123456789")
+    fresh = framecache.FrameCache(out / "frames")
+    assert fresh.get(sky_key) is None and not (out / "frames" / sky_key).exists()
+    before = work()
+    framecache.ensure_frame(fresh, cfg, cfg.bands["g"], "g")
+    assert work_since(before) == {"sky": 1} and fresh.get(sky_key) is not None
+
+
+def test_cli_batch_progress_dashboard_and_a_varying_psf(tmp_path, client, capsys):
+    write_field(tmp_path, "A")
+    targets, bands = field_targets(tmp_path, [("a0", "A", "centre"), ("a1", "A", "neighbour")])
+    out = tmp_path / "out"
+    # through the scheduler's address, as on a cluster
+    assert main(["batch", str(targets), "--config", str(bands), "--out", str(out), "--scheduler",
+                 client.scheduler.address, "--no-figures"]) == 0
+    text = capsys.readouterr().out
+    assert "Dask dashboard" in text  # its address, or why there is none
+    assert "[frames 3/3] psf fit psf:g:" in text and "[2/2] a" in text
+    assert "targets 2/2 done, 0 failed, 0 left" in text and "2 targets: 2 done, 0 failed" in text
+    # on a terminal: one bar redrawn in place, with the rate and the time left
+    import io
+
+    buf = io.StringIO()
+    bar = batch.BatchProgress(buf, tty=True, width=120, min_interval=0.0)
+    bar.frame({"kind": "frame", "frame": "g:x.fits[0]", "status": "done", "computed": "sky;stars", "time_s": 1.0},
+              {"total": 2, "done": 1, "failed": 0, "remaining": 1})
+    bar.target({"name": "a0", "status": "done", "error": "", "time_s": 1.0},
+               {"total": 4, "done": 1, "failed": 0, "remaining": 3})
+    bar.target({"name": "a1", "status": "failed", "error": "g: off the frame", "time_s": 1.0},
+               {"total": 4, "done": 1, "failed": 1, "remaining": 2})
+    bar.close()
+    shown = buf.getvalue()
+    assert shown.count("\n") == 2 and "\r" in shown and "a1: failed (1.0 s): g: off the frame\n" in shown
+    assert "frames 1/2" in shown and "targets 1/4 done, 1 failed, 2 left" in shown and "/min | ETA " in shown
+
+    # a PSF that varies across the frame is evaluated at the target's frame pixel; a constant one is kept
+    from types import SimpleNamespace
+
+    from gsprep.pipeline import _psf_at_target
+    from gsprep.psf import EPSFResult
+
+    @dataclasses.dataclass(frozen=True)
+    class Varying:
+        psf: np.ndarray
+        degree: int = 1
+        spatial: object = "model"
+
+        def psf_at(self, x, y):
+            return np.full((3, 3), x + 10 * y)
+
+    cut = SimpleNamespace(origin=(100, 200), center=(5.0, 6.0))
+    assert _psf_at_target(Varying(np.zeros((3, 3))), cut).psf[0, 0] == 105 + 2060
+    assert _psf_at_target(Varying(np.zeros((3, 3)), degree=0), cut).psf[0, 0] == 0
+    const = EPSFResult(np.ones((3, 3)) / 9, np.zeros((1, 2)), np.ones(1), np.zeros(1), np.ones(1), np.zeros(0),
+                       np.zeros(1, int))
+    assert _psf_at_target(const, cut) is const
+    # the cache keeps the whole result, spatial model included
+    cache = framecache.FrameCache(tmp_path / "c")
+    cache.put("psf-x", {"g": {"psf": dataclasses.replace(const, degree=1, spatial={"coeffs": np.arange(3.0)})}})
+    got = framecache.FrameCache(tmp_path / "c").get("psf-x")["g"]["psf"]
+    assert got.degree == 1 and np.array_equal(got.spatial["coeffs"], np.arange(3.0))
 
 
 def test_manifest_ignores_a_row_cut_short(tmp_path):

@@ -1,0 +1,458 @@
+"""Frame-level products of a batch, computed once per frame and reused by every target on it.
+
+A survey puts many targets on one frame.  Per (frame file, HDU, band) the
+sky fit and the PSF stars (catalogue and stamps) do not depend on the
+target, nor does the PSF fit of the bands a target is prepared in, so
+``gsprep batch`` computes them once and stores them under
+``OUT/frames/<key>/`` (:class:`FrameCache`), where every target on the frame,
+and the next run, reads them back.
+
+Keys are content hashes: a sky entry's key hashes the frame file's bytes,
+its HDU, the band's options that the sky depends on and the content of its
+noise / DQ / user-mask files; a stars entry's key hashes the sky key and the
+star options; a PSF entry's key hashes the stars keys of the bands fitted
+together and the oversampling.  A changed frame, map or option therefore
+gives new keys for exactly the products that depend on it, and the old
+entries are simply not used again.
+
+Each entry is a folder holding its payload (a pickle: the whole
+:class:`~gsprep.sky.SkyFit`, star table and :class:`~gsprep.stars.Stamps`, or
+:class:`~gsprep.psf.EPSFResult` with whatever spatial model it carries) and a
+``meta.json`` with the payload's SHA-256, written last.  An entry is written
+into a temporary folder and renamed into place, so a killed run leaves no
+half-written entry (only a ``.tmp-*`` folder, removed by the next run); an
+entry whose checksum or unpickling fails is treated as missing and
+recomputed.  Errors a frame gives deterministically (a sky that cannot be
+fitted, no PSF star) are stored too, so every target gets the same message
+``gsprep prepare`` gives, without computing it again.
+
+The products read back are the very objects ``prepare_target`` computes, so
+a target prepared from the cache is identical to ``gsprep prepare`` on that
+target alone (on the CPU; on a GPU ``prepare`` fits the skies of same-shape
+bands in one stacked call, which agrees to float32 rounding).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import socket
+import time
+import uuid
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["SCHEMA", "WORK", "CachedFrames", "FrameCache", "field_task", "file_digest", "frame_task"]
+
+SCHEMA = 1
+#: frame-level computations done in this process, by kind ("sky", "stars", "psf"): the tests count them
+WORK = collections.Counter()
+
+# options of a band / of the config that only the target's own products depend on (never the frame's)
+_TARGET_ONLY_BAND = frozenset({"file", "filter", "zeropoint", "pixel_scale"})
+_TARGET_ONLY_CONFIG = frozenset({"name", "ra", "dec", "x", "y", "r", "redshift", "bands", "lyric_psf", "mask_nsigma",
+                                 "mask_npixels", "deblend", "addgrow", "require_target", "oversampling",
+                                 "star_nsigma", "star_npixels", "stamp_size", "criteria", "psf"})
+_STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_digests = {}
+
+
+def _now():
+    return datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)
+
+
+def file_digest(path):
+    """SHA-256 of a file's bytes (remembered in this process while its size and mtime stay the same)."""
+    path = os.path.realpath(os.fspath(path))
+    st = os.stat(path)
+    memo = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo in _digests:
+        return _digests[memo]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    _digests[memo] = h.hexdigest()
+    return _digests[memo]
+
+
+def _canon(obj):
+    """A JSON-able, deterministic form of an option value (dataclasses, tuples, arrays, numbers)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _canon(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _canon(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [_canon(v) for v in obj]
+        return sorted(items, key=repr) if isinstance(obj, (set, frozenset)) else items
+    if isinstance(obj, np.ndarray):
+        return {"array": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
+
+
+def _hash(*parts):
+    text = json.dumps([_canon(p) for p in parts], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _map_digests(spec):
+    """Digests of the band's noise / DQ / user-mask files (other files than the frame)."""
+    from .config import _split_ref
+
+    out = {}
+    for key in ("noise", "dq", "user_mask"):
+        ref = getattr(spec, key, None)
+        if ref is None:
+            continue
+        path, _ = _split_ref(ref)
+        try:
+            out[key] = file_digest(path)
+        except OSError as exc:
+            out[key] = f"unreadable: {exc}"
+    return out
+
+
+def frame_keys(config, spec, digest):
+    """``(sky_key, stars_key)`` of a band's frame whose file has content ``digest``."""
+    band_opts = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in _TARGET_ONLY_BAND}
+    cfg_opts = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in _TARGET_ONLY_CONFIG}
+    sky_key = "sky-" + _hash(SCHEMA, __version__, digest, band_opts, cfg_opts, _map_digests(spec))
+    stars_key = "stars-" + _hash(sky_key, {k: getattr(config, k) for k in _STAR_OPTIONS})
+    return sky_key, stars_key
+
+
+def psf_key(stars_keys, oversampling):
+    """Key of the PSF fit of the bands with these stars entries (band -> key, in band order)."""
+    return "psf-" + _hash(SCHEMA, __version__, list(stars_keys.items()), int(oversampling))
+
+
+class CorruptEntry(Exception):
+    """A cache entry that is there but cannot be read back (checksum, JSON or unpickling failed)."""
+
+
+class FrameCache:
+    """The folder ``OUT/frames/`` of entries ``<key>/{payload.pkl, meta.json}``.
+
+    ``get(key)`` returns the payload, or None when the entry is missing or
+    corrupt (a corrupt one is deleted); ``put(key, payload, info)`` writes an
+    entry atomically.  A few recently read entries are kept in memory, so
+    that targets on one frame that run on the same worker read it once.
+    """
+
+    def __init__(self, root, *, keep=6):
+        self.root = os.fspath(root)
+        self.keep = keep
+        self._mem = collections.OrderedDict()
+
+    def path(self, key):
+        return os.path.join(self.root, key)
+
+    def info(self, key):
+        """The entry's ``meta.json`` (dict) or None."""
+        try:
+            with open(os.path.join(self.path(key), "meta.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def get(self, key):
+        folder = self.path(key)
+        meta_path = os.path.join(folder, "meta.json")
+        try:
+            stamp = os.stat(meta_path).st_mtime_ns
+        except OSError:
+            return None
+        mem = self._mem.get(key)
+        if mem is not None and mem[0] == stamp:
+            self._mem.move_to_end(key)
+            return mem[1]
+        try:
+            payload = self._read(folder, meta_path, key)
+        except CorruptEntry:
+            self.drop(key)
+            return None
+        self._mem[key] = (stamp, payload)
+        while len(self._mem) > self.keep:
+            self._mem.popitem(last=False)
+        return payload
+
+    @staticmethod
+    def _read(folder, meta_path, key):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            with open(os.path.join(folder, "payload.pkl"), "rb") as f:
+                blob = f.read()
+        except (OSError, ValueError) as exc:
+            raise CorruptEntry(str(exc)) from None
+        if meta.get("schema") != SCHEMA or meta.get("key") != key or meta.get("sha256") != hashlib.sha256(
+                blob).hexdigest():
+            raise CorruptEntry(f"{key}: checksum or schema does not match")
+        try:
+            return pickle.loads(blob)  # our own cache folder, checksummed
+        except Exception as exc:  # noqa: BLE001 - unpickling a stale class, a truncated stream, ...
+            raise CorruptEntry(f"{key}: {exc}") from None
+
+    def drop(self, key):
+        """Remove an entry (moved aside first, so no reader sees half of it)."""
+        self._mem.pop(key, None)
+        folder = self.path(key)
+        if not os.path.exists(folder):
+            return
+        trash = os.path.join(self.root, f".tmp-drop-{key}-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(OSError):
+            os.rename(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def put(self, key, payload, info=None):
+        """Write the entry ``key`` atomically (temporary folder, then rename); keeps an existing valid one."""
+        os.makedirs(self.root, exist_ok=True)
+        tmp = os.path.join(self.root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
+        os.mkdir(tmp)
+        try:
+            blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            _write_synced(os.path.join(tmp, "payload.pkl"), blob)
+            meta = {"schema": SCHEMA, "key": key, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+                    "gsprep": __version__, "written": _now(), **(info or {})}
+            _write_synced(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1, default=repr).encode())
+            final = self.path(key)
+            if os.path.exists(final):
+                if self.get(key) is not None:  # written meanwhile by another task: keep that one
+                    return
+                self.drop(key)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another task renamed its copy in first
+                if self.get(key) is None:
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._mem[key] = (os.stat(os.path.join(final, "meta.json")).st_mtime_ns, payload)
+
+    def clean(self):
+        """Remove the temporary folders a killed run left."""
+        if os.path.isdir(self.root):
+            for name in os.listdir(self.root):
+                if name.startswith(".tmp-"):
+                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+
+def _write_synced(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_caches = {}
+
+
+def cache_at(root):
+    """One :class:`FrameCache` per folder and process (its in-memory entries shared by the tasks of a worker)."""
+    root = os.path.abspath(os.fspath(root))
+    if root not in _caches:
+        _caches[root] = FrameCache(root)
+    return _caches[root]
+
+
+# --------------------------------------------------------------------------
+# computing the entries (on the worker that needs them)
+
+_READ_ERRORS = (OSError, ValueError, TypeError, IndexError, KeyError)
+
+
+def _open_band(config, spec, band):
+    """The band's frame, exposure time, gain and maps, read as ``run_target`` reads them; raises on a bad one."""
+    from .io import read_image
+    from .pipeline import _band_inputs, _band_maps, _in_section
+
+    image = read_image(spec.file, spec.hdu, unit=spec.unit, band=band)
+    exptime, gain = _band_inputs(image, spec, band)
+    maps = _in_section(f"bands.{band}", lambda: _band_maps(spec, image))
+    return image, exptime, gain, maps
+
+
+def ensure_frame(cache, config, spec, band, keys=None, *, opened=None):
+    """Make sure the sky and stars entries of a band's frame exist; returns ``(keys, computed)``.
+
+    ``computed`` lists what was computed now ("sky", "stars"); empty when
+    both were in the cache.  Deterministic failures (sky cannot be fitted,
+    no PSF star) are stored as ``{"error": message}``.  A frame that cannot
+    be opened raises (nothing is stored).
+    """
+    from .pipeline import band_frame_sky, band_frame_stars
+
+    if keys is None:
+        keys = frame_keys(config, spec, file_digest(spec.file))
+    sky_key, stars_key = keys
+    sky = cache.get(sky_key)
+    stars = cache.get(stars_key) if config.psf else {"skipped": True}
+    if sky is not None and stars is not None:
+        return keys, []
+    image, exptime, gain, maps = opened or _open_band(config, spec, band)
+    computed = []
+    info = {"band": band, "file": os.fspath(spec.file), "hdu": spec.hdu}
+    if sky is None:
+        try:
+            sky = {"sky": band_frame_sky(image, config, spec, maps, band=band)}
+        except (ValueError, TypeError) as exc:
+            sky = {"error": str(exc)}
+        WORK["sky"] += 1
+        computed.append("sky")
+        cache.put(sky_key, sky, info)
+    if stars is None:
+        if "error" in sky:
+            stars = {"error": sky["error"]}
+        else:
+            try:
+                stars = {"stars": band_frame_stars(image, config, spec, sky["sky"], exptime=exptime, gain=gain,
+                                                   maps=maps)}
+            except (ValueError, TypeError) as exc:
+                stars = {"error": str(exc)}
+        WORK["stars"] += 1
+        computed.append("stars")
+        cache.put(stars_key, stars, info)
+    return keys, computed
+
+
+def ensure_psfs(cache, stars_keys, stamps, oversampling):
+    """The PSF fits of the bands of ``stamps`` (band -> Stamps, band order), from the cache or fitted now.
+
+    Returns ``(results, key, computed)``: band -> EPSFResult or ValueError.
+    """
+    from .pipeline import band_psfs
+
+    key = psf_key(stars_keys, oversampling)
+    entry = cache.get(key)
+    computed = entry is None
+    if computed:
+        fits = band_psfs(stamps, oversampling)
+        entry = {b: ({"error": str(r)} if isinstance(r, Exception) else {"psf": r}) for b, r in fits.items()}
+        WORK["psf"] += 1
+        cache.put(key, entry, {"bands": list(stamps)})
+    return {b: (ValueError(e["error"]) if "error" in e else e["psf"]) for b, e in entry.items()}, key, computed
+
+
+class CachedFrames:
+    """The frame products of one target's bands, read from the cache (``prepare_target(frames=...)``).
+
+    ``keys``: band -> ``(sky_key, stars_key)`` from the frame tasks.  An
+    entry missing or corrupt by now is computed here (and stored), so the
+    products are the same whichever way.
+    """
+
+    def __init__(self, cache, config, keys):
+        self.cache, self.config, self.keys = cache, config, dict(keys)
+        self.computed = []
+
+    def _frame(self, band, which):
+        spec = self.config.bands[band]
+        keys = self.keys.get(band)
+        keys, done = ensure_frame(self.cache, self.config, spec, band, keys)
+        self.keys[band] = keys
+        self.computed += done
+        entry = self.cache.get(keys[which])
+        if entry is None:  # written and gone again (a concurrent clean-up): compute it in memory
+            self.cache.drop(keys[which])
+            keys, done = ensure_frame(self.cache, self.config, spec, band, keys)
+            entry = self.cache.get(keys[which])
+        if "error" in entry:
+            raise ValueError(entry["error"])
+        return entry
+
+    def sky(self, band):
+        return self._frame(band, 0)["sky"]
+
+    def stars(self, band):
+        return self._frame(band, 1)["stars"]
+
+    def psfs(self, stamps):
+        res, _, computed = ensure_psfs(self.cache, {b: self.keys[b][1] for b in stamps}, stamps,
+                                       self.config.oversampling)
+        if computed:
+            self.computed.append("psf")
+        return res
+
+
+# --------------------------------------------------------------------------
+# the Dask tasks of the frame level
+
+
+def _record(kind, ident, band, file, hdu, t0, **kw):
+    rec = {"kind": kind, "frame": ident, "band": band, "file": os.fspath(file) if file else "", "hdu": str(hdu),
+           "status": "done", "error": "", "keys": "", "computed": "", "time_s": 0.0,
+           "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": _now()}
+    rec.update(kw)
+    rec["time_s"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def frame_task(root, config, band, ident, compile_cache=None):
+    """Dask task: the sky and stars entries of one band's frame (read on this worker); returns its record.
+
+    A frame that cannot be opened (missing, corrupt, no EXPTIME, a bad
+    map) is a ``failed`` record: each target on it reports the same error
+    for that band, as ``gsprep prepare`` does.
+    """
+    from .batch import _use_compile_cache
+
+    t0 = time.perf_counter()
+    _use_compile_cache(compile_cache)
+    spec = config.bands[band]
+    cache = cache_at(root)
+    try:
+        keys, computed = ensure_frame(cache, config, spec, band)
+    except _READ_ERRORS as exc:
+        return _record("frame", ident, band, spec.file, spec.hdu, t0, status="failed",
+                       error=" ".join(f"{type(exc).__name__}: {exc}".split()))
+    return _record("frame", ident, band, spec.file, spec.hdu, t0, keys=";".join(keys), computed=";".join(computed))
+
+
+def field_task(root, config, frames, ident, compile_cache=None):
+    """Dask task: the PSF fit of the bands of one set of frames (after their frame tasks); returns its record.
+
+    ``frames``: the frame tasks' records, in band order.  The bands fitted
+    together are those whose stars entry holds stamps, as ``prepare_target``
+    fits the bands of a target in one call; a target for which a band
+    drops out (off that frame) fits its own set when it runs.
+    """
+    from .batch import _use_compile_cache
+
+    t0 = time.perf_counter()
+    rec = {"frames": list(frames)}
+    if not config.psf:
+        return {**_record("psf", ident, "", "", "", t0), **rec}
+    _use_compile_cache(compile_cache)
+    cache = cache_at(root)
+    stamps, keys = {}, {}
+    for fr in frames:
+        if fr["status"] != "done":
+            continue
+        stars_key = fr["keys"].split(";")[1]
+        entry = cache.get(stars_key)
+        if entry is None:  # lost since its frame task: recompute it here
+            spec = config.bands[fr["band"]]
+            (_, stars_key), _ = ensure_frame(cache, config, spec, fr["band"])
+            entry = cache.get(stars_key)
+        if entry is not None and "stars" in entry:
+            stamps[fr["band"]] = entry["stars"][1]
+            keys[fr["band"]] = stars_key
+    if not stamps:
+        return {**_record("psf", ident, ",".join(keys), "", "", t0), **rec}
+    _, key, computed = ensure_psfs(cache, keys, stamps, config.oversampling)
+    return {**_record("psf", ident, ",".join(keys), "", "", t0, keys=key, computed="psf" if computed else ""), **rec}
