@@ -435,9 +435,9 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
             n += 1
             labels[hot == lab] = n
         if wing.any() and (cold > 0).any():
-            # the wings join the footprint of the cold object they touch (the nearest one)
-            _, (iy, ix) = ndimage.distance_transform_edt(cold == 0, return_indices=True)
-            labels[wing] = cold[iy[wing], ix[wing]]
+            # the wings join the footprint of the cold object whose light they are: flooded downhill from
+            # the cold objects on the smoothed frame, so the valley between two objects parts them
+            labels[wing] = _flood(hot_sm, cold, wing, hot_rms)[wing]
     labels, _, _ = relabel_sequential_int(labels)
     if labels.max() == 0:
         t = _empty_table(wcs is not None)
@@ -449,6 +449,19 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
     return Segmentation(labels, table, bkg, hot_rms, hot_sm)
 
 
+def _flood(smoothed, seeds, free, rms):
+    """``seeds`` (labels) grown over the ``free`` pixels downhill on ``smoothed`` (watershed)."""
+    region = free | (seeds > 0)
+    t = np.arcsinh(np.where(region, smoothed, 0.0) / max(rms, 1e-30))
+    lo, hi = float(t[region].min()), float(t[region].max())
+    level = np.round((hi - t) / max(hi - lo, 1e-30) * 65534).astype(np.uint16)
+    level[~region] = 65535
+    markers = np.where(seeds > 0, seeds, 0).astype(np.int32)
+    # pixels outside the region get no marker and the highest level: reached last, they part nothing
+    out = ndimage.watershed_ift(level, markers, structure=np.ones((3, 3), bool))
+    return np.where(free & (out > 0), out, 0)
+
+
 def relabel_sequential_int(labels):
     """Labels renumbered 1..n in increasing order of the old values; returns (labels, old, new)."""
     old = np.unique(labels)
@@ -458,11 +471,11 @@ def relabel_sequential_int(labels):
     return lut[labels], old, lut[old]
 
 
-def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, exclude=()):
+def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, min_grow=0, exclude=()):
     """Mask every source by its own segment dilated in proportion to its size.
 
-    Each source's segment is grown by ``g = min((magnification - 1) * r,
-    max_grow) + addgrow`` pixels, where ``r = sqrt(area / pi)`` is the
+    Each source's segment is grown by ``g = min((magnification - 1) * r +
+    min_grow, max_grow) + addgrow`` pixels, where ``r = sqrt(area / pi)`` is the
     radius of the circle with the segment's area: bright and big sources
     get wide margins, faint specks narrow ones, and the mask follows the
     segment's own shape, so two stars merged in one segment get two round
@@ -482,6 +495,7 @@ def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, 
         raise ValueError(msg)
     max_grow = check_nonnegative("max_grow", max_grow)
     addgrow = check_nonnegative("addgrow", addgrow)
+    min_grow = check_nonnegative("min_grow", min_grow)
     labels = np.asarray(labels)
     ny, nx = labels.shape
     exclude = {int(e) for e in exclude}
@@ -492,7 +506,7 @@ def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, 
         lab = int(row["label"])
         if lab in exclude or lab > len(slices) or slices[lab - 1] is None:
             continue
-        g = min((mag - 1.0) * np.sqrt(float(row["area"]) / np.pi), max_grow) + addgrow
+        g = min((mag - 1.0) * np.sqrt(float(row["area"]) / np.pi) + min_grow, max_grow) + addgrow
         if g <= 0:
             continue
         sy, sx = slices[lab - 1]

@@ -108,6 +108,31 @@ def _saddle(sm, region, a, b, lo, hi, iters=12):
     return lo, hi
 
 
+def _annulus_median(img, ok, k, r):
+    """Median of ``img[ok]`` in each annulus ``k``, interpolated in ``r`` (at each annulus' mean radius)."""
+    kk, rr, vals = k[ok], r[ok], img[ok]
+    order = np.argsort(kk, kind="stable")
+    kk, rr, vals = kk[order], rr[order], vals[order]
+    starts = np.flatnonzero(np.r_[True, kk[1:] != kk[:-1]])
+    stops = np.r_[starts[1:], len(kk)]
+    med = [np.median(vals[a:b]) for a, b in zip(starts, stops, strict=True)]
+    centres = [np.mean(rr[a:b]) for a, b in zip(starts, stops, strict=True)]
+    return np.interp(r, centres, med)
+
+
+def _annulus_scatter(resid, ok, r, width):
+    """Robust scatter (1.4826 MAD) of ``resid[ok]`` in annuli ``width`` wide, interpolated in ``r``."""
+    res_ok = resid[ok]
+    kb = (r[ok] / width).astype(int)
+    scat, rc = [], []
+    for b in np.unique(kb):
+        v = res_ok[kb == b]
+        if v.size >= 8:
+            scat.append(1.4826 * np.median(np.abs(v - np.median(v))))
+            rc.append((b + 0.5) * width)
+    return np.interp(r, rc, scat) if scat else np.zeros_like(r)
+
+
 def split_inner(data, labels, target, center, *, q, theta, rms, fwhm, nsigma=4.0, bad=None):
     """Neighbours inside the target's segment, each split off with its own pixels.
 
@@ -129,7 +154,8 @@ def split_inner(data, labels, target, center, *, q, theta, rms, fwhm, nsigma=4.0
 
     Returns
     -------
-    list of bool arrays (one per neighbour, full frame)
+    list of (bool array, (x, y))
+        Per neighbour: its pixels (full frame) and its peak.
     """
     seg = labels == target
     if not seg.any():
@@ -158,24 +184,25 @@ def split_inner(data, labels, target, center, *, q, theta, rms, fwhm, nsigma=4.0
     inner_r = 3.0 * fwhm
     edges = np.concatenate([np.arange(0.0, inner_r, 0.5), np.arange(inner_r, float(r[ok].max()) + wide, wide)])
     k = np.clip(np.searchsorted(edges, r, side="right") - 1, 0, len(edges) - 1)
-    kk, rr_ok, vals = k[ok], r[ok], img[ok]
-    order = np.argsort(kk, kind="stable")
-    kk, rr_ok, vals = kk[order], rr_ok[order], vals[order]
-    starts = np.flatnonzero(np.r_[True, kk[1:] != kk[:-1]])
-    stops = np.r_[starts[1:], len(kk)]
-    med = np.array([np.median(vals[a:b]) for a, b in zip(starts, stops, strict=True)])
-    centres = np.array([np.mean(rr_ok[a:b]) for a, b in zip(starts, stops, strict=True)])
-    model = np.interp(r, centres, med)
-    resid = np.where(ok, img - model, 0.0)
-    sm = ndimage.gaussian_filter(resid, fwhm * FWHM_TO_SIGMA, mode="constant")
+    kfac = 1.0 / (2.0 * np.sqrt(np.pi) * fwhm * FWHM_TO_SIGMA)
+    use = ok
+    for _ in range(2):  # the second time without the pixels of what stood out the first (less absorbed)
+        model = _annulus_median(img, use, k, r)
+        resid = np.where(ok, img - model, 0.0)
+        # the noise around the model, in annuli 2 FWHM wide (a neighbour a small part of each), the target's
+        # own photon noise included, scaled to the smoothed frame; never below the sky's
+        noise = np.maximum(_annulus_scatter(resid, ok, r, 2.0 * fwhm) * kfac, rms)
+        sm = ndimage.gaussian_filter(resid, fwhm * FWHM_TO_SIGMA, mode="constant") / noise
+        use = ok & (sm < 2.0)
     size = max(3, round(fwhm) | 1)
     local = np.where(region, sm, -np.inf)
     is_max = region & (sm >= ndimage.maximum_filter(local, size=size, mode="constant", cval=-np.inf))
-    is_max &= (sm >= nsigma * rms) & (np.hypot(dx, dy) > fwhm)
+    is_max &= (sm >= nsigma) & (np.hypot(dx, dy) > fwhm)
     py, px = np.nonzero(is_max)
     out = []
     taken = np.zeros(region.shape, bool)
     ic = (int(np.clip(round(cy), 0, y1 - y0 - 1)), int(np.clip(round(cx), 0, x1 - x0 - 1)))
+    max_area = 4.0 * np.pi * fwhm**2  # a compact source: larger ones are the cold pass's to split off
     for i in np.argsort(-sm[py, px]):
         pk = (int(py[i]), int(px[i]))
         if taken[pk]:
@@ -185,30 +212,34 @@ def split_inner(data, labels, target, center, *, q, theta, rms, fwhm, nsigma=4.0
         piece = lab == lab[pk]
         if piece[ic]:  # joined to the centre's residual: cut at the saddle between the two
             _, hi = _saddle(sm, region, pk, ic, 0.5 * top, top)
-            if top - hi < 0.5 * nsigma * rms:
+            if top - hi < 0.5 * nsigma:
                 continue
             lab, _ = ndimage.label(region & (sm >= hi), structure=np.ones((3, 3), bool))
             piece = lab == lab[pk]
             if piece[ic]:
                 continue
+        if piece.sum() > max_area:
+            continue
         taken |= piece
         full = np.zeros(labels.shape, bool)
         full[y0:y1, x0:x1] = piece
-        out.append(full)
+        out.append((full, (pk[1] + x0, pk[0] + y0)))
     return out
 
 
-def _grow_inner(piece, center, g, shape):
-    """Pixels within ``g`` of an inner neighbour's piece and nearer its centre than the target's centre."""
+def _grow_inner(piece, peak, center, g, shape, keep):
+    """Pixels within ``g`` of an inner neighbour's piece, nearer its peak than the target's centre,
+    and more than ``keep`` pixels from that centre."""
     ys, xs = np.nonzero(piece)
-    px, py = xs.mean(), ys.mean()
+    px, py = peak
     r = int(np.ceil(g)) + 1
     ny, nx = shape
     y0, y1 = max(ys.min() - r, 0), min(ys.max() + r + 1, ny)
     x0, x1 = max(xs.min() - r, 0), min(xs.max() + r + 1, nx)
     d = ndimage.distance_transform_edt(~piece[y0:y1, x0:x1])
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    nearer = np.hypot(xx - px, yy - py) < np.hypot(xx - center[0], yy - center[1])
+    dc = np.hypot(xx - center[0], yy - center[1])
+    nearer = (np.hypot(xx - px, yy - py) < dc) & (dc > keep)
     out = np.zeros(shape, bool)
     out[y0:y1, x0:x1] = (d <= g) & nearer
     return out
@@ -362,7 +393,7 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
             if inner:
                 labels = labels.copy()
                 base = int(labels.max())
-                for k, piece in enumerate(inner, start=1):
+                for k, (piece, _) in enumerate(inner, start=1):
                     labels[piece] = base + k
         else:
             new_labels, new_target = _deblend_target(seg.smoothed, labels, target, int(npix_used), nlevels,
@@ -373,11 +404,11 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
             bkg_sub = np.where(nonfinite, 0.0, arr - seg.background)
             table = source_table(bkg_sub, labels, smoothed=seg.smoothed, bad=nonfinite | user | off)
     grown, _ = grow_segments(labels, table, magnification=magnification, max_grow=max_grow,
-                             addgrow=addgrow, exclude=(target,) if target else ())
+                             addgrow=addgrow, min_grow=fwhm, exclude=(target,) if target else ())
     neighbour = grown & (labels != target) if target else grown
-    for piece in inner:
-        g = min((magnification - 1.0) * np.sqrt(piece.sum() / np.pi), max_grow) + addgrow
-        neighbour |= _grow_inner(piece, center, g, arr.shape)
+    for piece, peak in inner:
+        g = min((magnification - 1.0) * np.sqrt(piece.sum() / np.pi) + fwhm, max_grow) + addgrow
+        neighbour |= _grow_inner(piece, peak, center, g, arr.shape, keep=0.5 * fwhm)
     bits = np.zeros(arr.shape, dtype=np.int16)
     bits[neighbour] |= NEIGHBOUR
     bits[nonfinite & ~off] |= BAD

@@ -43,7 +43,9 @@ def test_neighbours_masked_and_target_kept(rng):
     assert m.target_label > 0 and m.mask.dtype == np.uint8
     assert m.n_neighbours >= 4
     for name, model in neigh.items():
-        bright = model > 0.01 * NOISE
+        # every pixel where a neighbour adds more than 1/20 of the noise (masks sized to each source, so
+        # the farther wings of the brightest star, below that, stay: issue 14 asks for less of the cutout lost)
+        bright = model > 0.05 * NOISE
         # far wings of the bright neighbours that lie on the target's own segment are kept
         bright &= m.labels != m.target_label
         frac = m.mask[bright].mean()
