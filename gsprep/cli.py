@@ -52,6 +52,17 @@ def _check_psf_args(args):
     check_positive("--fwhm", args.fwhm)
     check_integer("--size", args.size, lower=3, odd=True)
     check_integer("--oversampling", args.oversampling, lower=1, upper=16)
+    if args.degree != "auto":
+        try:
+            args.degree = int(args.degree)
+        except ValueError:
+            args.degree = -1
+        if not 0 <= args.degree <= 3:
+            msg = f"--degree must be 0, 1, 2, 3 or auto, got {args.degree!r}"
+            raise ValueError(msg)
+    if args.at is not None and not all(np.isfinite(args.at)):
+        msg = f"--at must be two finite numbers X Y (0-based frame pixels), got {args.at}"
+        raise ValueError(msg)
     check_positive("--nsigma", args.nsigma)
     check_integer("--npixels", args.npixels, lower=1)
     check_number("--q-min", args.q_min, lower=0.0, upper=1.0)
@@ -159,9 +170,13 @@ def cmd_psf(args):
                                   stamp_size=args.size, criteria=crit, reference=reference)
     _say(args, "stars: " + ", ".join(f"{k} {v}" for k, v in sel.meta["funnel"].items()))
     _say(args, f"fitting the PSF to {len(stamps.ids)} stars (oversampling {args.oversampling})")
-    res = fit_epsf(stamps, oversampling=args.oversampling)
+    res = fit_epsf(stamps, oversampling=args.oversampling, degree=args.degree)
+    if args.degree != 0:
+        _say(args, f"PSF variation across the frame: degree {res.degree}"
+             + (" (chosen by held-out stars)" if args.degree == "auto" else ""))
     picked = sel[np.asarray(sel["selected"], bool)]
-    write_psf(args.out, res, stars=picked["id", "x", "y"], overwrite=args.overwrite)
+    write_psf(args.out, res, stars=picked["id", "x", "y"], overwrite=args.overwrite,
+              at=None if args.at is None else tuple(args.at))
     from .plots import quality_lines
 
     _say(args, f"wrote {args.out}: " + "; ".join(quality_lines(res)))
@@ -174,6 +189,11 @@ def cmd_psf(args):
         fig_funnel(sel, title=f"{name}: PSF star selection", save=figures["funnel"])
         fig_stars(stamps, res, title=f"{name}: PSF stars", save=figures["stars"])
         fig_psf(res, title=f"{name}: PSF", save=figures["psf"])
+        if res.spatial is not None:
+            from .plots import fig_psf_field
+
+            figures["psf_field"] = f"{stem}_psf_field.png"
+            fig_psf_field(res, title=f"{name}: PSF across the frame", save=figures["psf_field"])
         _say(args, f"wrote {stem}_{{{','.join(figures)}}}.png")
     return 0
 
@@ -295,7 +315,7 @@ def build_parser():
                     help="data unit: count rate (counts/s) or counts (default: cR) or, with --preset, the preset's")
     ps.add_argument("--preset", default=None,
                     help="survey file layout: jwst_i2d, hst_drz, hst_drc, legacy, sdss_frame, 2mass or mef; its "
-                         "noise and DQ maps, exposure time, gain and units are used (the flags above win)")
+                         "noise and DQ maps, exposure time, gain and units are used (the flags above win; default: none, the frame read as given)")
     ps.add_argument("--exptime", type=float, default=None,
                     help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")
     ps.add_argument("--gain", type=float, default=None,
@@ -309,6 +329,13 @@ def build_parser():
     ps.add_argument("--size", type=int, default=25, help="stamp size, pixels, odd (default: %(default)s)")
     ps.add_argument("--oversampling", type=int, default=2,
                     help="PSF sub-pixels per native pixel, 1-16 (default: %(default)s)")
+    ps.add_argument("--degree", default="auto",
+                    help="how the PSF varies across the frame: polynomial degree 0-3 in the star's position, or "
+                         "auto = chosen by held-out stars among the degrees the star count supports "
+                         "(default: %(default)s)")
+    ps.add_argument("--at", type=float, nargs=2, metavar=("X", "Y"), default=None,
+                    help="write the PSF at this frame pixel (0-based) (default: the centre of the stars; the "
+                         "spatial model is written with it either way)")
     ps.add_argument("--nsigma", type=float, default=5.0,
                     help="star detection threshold, x background rms (default: %(default)s)")
     ps.add_argument("--npixels", type=int, default=10,

@@ -91,6 +91,7 @@ class PrepareConfig:
     star_npixels: int = 10
     stamp_size: int = 25
     oversampling: int = 2
+    psf_degree: int | str = "auto"
     psf: bool = True
     require_target: bool = True
     lyric_psf: str = "native"
@@ -245,11 +246,21 @@ _OPTION_CHECKS = {
     "star_npixels": lambda v: check_integer("star_npixels", v, lower=1),
     "stamp_size": lambda v: check_integer("stamp_size", v, lower=3, odd=True),
     "oversampling": lambda v: check_integer("oversampling", v, lower=1, upper=16),
+    "psf_degree": lambda v: _checked_degree(v),
     "lyric_psf": lambda v: check_choice("lyric_psf", v, ("native", "oversampled")),
     "sky_method": lambda v: check_choice("sky_method", v, ("poly", "mesh")),
     "sky_box": lambda v: check_integer("sky_box", v, lower=4),
     "sky_regions": lambda v: _checked_regions(v),
 }
+
+
+def _checked_degree(v):
+    if v == "auto":
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 3:
+        msg = f"psf_degree must be 0, 1, 2, 3 or \"auto\", got {v!r}"
+        raise ValueError(msg)
+    return v
 
 
 def _checked_regions(v):

@@ -136,9 +136,9 @@ def frame_keys(config, spec, digest):
     return sky_key, stars_key
 
 
-def psf_key(stars_keys, oversampling):
+def psf_key(stars_keys, oversampling, degree=0):
     """Key of the PSF fit of the bands with these stars entries (band -> key, in band order)."""
-    return "psf-" + _hash(SCHEMA, __version__, list(stars_keys.items()), int(oversampling))
+    return "psf-" + _hash(SCHEMA, __version__, list(stars_keys.items()), int(oversampling), str(degree))
 
 
 class CorruptEntry(Exception):
@@ -330,18 +330,18 @@ def ensure_frame(cache, config, spec, band, keys=None, *, opened=None):
     return keys, computed
 
 
-def ensure_psfs(cache, stars_keys, stamps, oversampling):
+def ensure_psfs(cache, stars_keys, stamps, oversampling, degree=0):
     """The PSF fits of the bands of ``stamps`` (band -> Stamps, band order), from the cache or fitted now.
 
     Returns ``(results, key, computed)``: band -> EPSFResult or ValueError.
     """
     from .pipeline import band_psfs
 
-    key = psf_key(stars_keys, oversampling)
+    key = psf_key(stars_keys, oversampling, degree)
     entry = cache.get(key)
     computed = entry is None
     if computed:
-        fits = band_psfs(stamps, oversampling)
+        fits = band_psfs(stamps, oversampling, degree)
         entry = {b: ({"error": str(r)} if isinstance(r, Exception) else {"psf": r}) for b, r in fits.items()}
         WORK["psf"] += 1
         cache.put(key, entry, {"bands": list(stamps)})
@@ -383,7 +383,7 @@ class CachedFrames:
 
     def psfs(self, stamps):
         res, _, computed = ensure_psfs(self.cache, {b: self.keys[b][1] for b in stamps}, stamps,
-                                       self.config.oversampling)
+                                       self.config.oversampling, self.config.psf_degree)
         if computed:
             self.computed.append("psf")
         return res
@@ -454,5 +454,5 @@ def field_task(root, config, frames, ident, compile_cache=None):
             keys[fr["band"]] = stars_key
     if not stamps:
         return {**_record("psf", ident, ",".join(keys), "", "", t0), **rec}
-    _, key, computed = ensure_psfs(cache, keys, stamps, config.oversampling)
+    _, key, computed = ensure_psfs(cache, keys, stamps, config.oversampling, config.psf_degree)
     return {**_record("psf", ident, ",".join(keys), "", "", t0, keys=key, computed="psf" if computed else ""), **rec}

@@ -317,9 +317,9 @@ def band_frame_stars(image, config, spec, sky, *, exptime, gain, maps=None):
     return _band_psf_stars(image, clean, sig_full, sky, config, spec)
 
 
-def band_psfs(stamps, oversampling):
+def band_psfs(stamps, oversampling, degree=0):
     """PSF fits of the bands ``stamps`` (band -> Stamps, in band order) as ``prepare_target`` makes them."""
-    return _psfs(stamps, oversampling)
+    return _psfs(stamps, oversampling, degree)
 
 
 def _psf_at_target(res, cut):
@@ -394,7 +394,8 @@ def prepare_band(image, ra, dec, config, spec, *, band="band", maps=None):
     p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps)
     if p.stamps is None:
         return p
-    return dataclasses.replace(p, psf=fit_epsf(p.stamps, oversampling=config.oversampling))
+    res = fit_epsf(p.stamps, oversampling=config.oversampling, degree=config.psf_degree)
+    return dataclasses.replace(p, psf=_psf_at_target(res, p.cutout))
 
 
 def _skies(frames, masks, order, stack=True, **kw):
@@ -434,7 +435,7 @@ def _skies_fit(frames, masks, order, stack, **kw):
     return out
 
 
-def _psfs(stamps, oversampling):
+def _psfs(stamps, oversampling, degree=0):
     """PSF fits of several bands in one ``fit_epsf`` call (band -> EPSFResult or error).
 
     Bands with fewer stars are padded with fully masked stamps, which the
@@ -451,8 +452,10 @@ def _psfs(stamps, oversampling):
                  for key, fill in (("data", 0.0), ("sigma", 1.0), ("mask", True))}
         centre = (stack["data"].shape[-1] - 1) / 2.0
         centers = np.stack([pad(np.asarray(st.positions, float), centre) for st in stamps.values()])
+        origins = np.stack([pad(np.asarray(st.origins, float), 0.0) for st in stamps.values()])
         try:
-            fit = fit_epsf(stack["data"], stack["sigma"], stack["mask"], centers=centers, oversampling=oversampling)
+            fit = fit_epsf(stack["data"], stack["sigma"], stack["mask"], centers=centers, oversampling=oversampling,
+                           degree=degree, origins=origins)
         except ValueError:  # a band with no usable stamp: find it below, band by band
             pass
         else:
@@ -461,7 +464,7 @@ def _psfs(stamps, oversampling):
             return out
     for b, st in stamps.items():
         try:
-            out[b] = fit_epsf(st, oversampling=oversampling)
+            out[b] = fit_epsf(st, oversampling=oversampling, degree=degree)
         except ValueError as exc:
             out[b] = exc
     return out
@@ -581,7 +584,7 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
     if with_stamps:
         say(f"PSF: {', '.join(with_stamps)}")
     if with_stamps:
-        psfs = frames.psfs(with_stamps) if frames is not None else _psfs(with_stamps, config.oversampling)
+        psfs = frames.psfs(with_stamps) if frames is not None else _psfs(with_stamps, config.oversampling, config.psf_degree)
     else:
         psfs = {}
     for band in images:  # keep the caller's band order

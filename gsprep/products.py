@@ -97,7 +97,11 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
         psf_ref = None
         if p.psf is not None:
             sel = p.stars[np.asarray(p.stars["selected"], bool)]
-            write_psf(psf_file, p.psf, stars=sel["id", "x", "y"], overwrite=overwrite)
+            at = None
+            if p.cutout is not None:  # the PSF at the target (a spatially varying PSF is evaluated there)
+                at = (float(p.cutout.origin[0]) + float(p.cutout.center[0]),
+                      float(p.cutout.origin[1]) + float(p.cutout.center[1]))
+            write_psf(psf_file, p.psf, stars=sel["id", "x", "y"], overwrite=overwrite, at=at)
             files.append(psf_file)
             k = int(p.psf.oversampling)
             # GalfitS: the native-pixel PSF by default (HDU 2 NATIVE), the centred oversampled one (HDU 3 FINE)
@@ -154,7 +158,7 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
 
 
 def _figures(p, image, out_dir, stem):
-    from .plots import fig_cutout, fig_funnel, fig_psf, fig_sky, fig_stars
+    from .plots import fig_cutout, fig_funnel, fig_psf, fig_psf_field, fig_sky, fig_stars
 
     paths = []
 
@@ -170,4 +174,6 @@ def _figures(p, image, out_dir, stem):
         save(fig_funnel, "funnel", p.stars, title=f"{stem}: PSF star selection")
         save(fig_stars, "stars", p.stamps, p.psf, title=f"{stem}: PSF stars, model, residual")
         save(fig_psf, "psf", p.psf, title=f"{stem}: PSF")
+        if getattr(p.psf, "spatial", None) is not None:
+            save(fig_psf_field, "psf_field", p.psf, title=f"{stem}: PSF across the frame")
     return paths

@@ -179,7 +179,16 @@ def psf_model_stamps(result, size=None):
     psf_size = psf.shape[-1] // k
     size = psf_size if size is None else int(size)
     dt = jnp.float32
-    return np.asarray(_models_jit(jnp.asarray(psf, dt), jnp.asarray(result.centers, dt),
+    sp = getattr(result, "spatial", None)
+    xy = np.asarray(result.centers, float)
+    if sp is not None and sp.get("stars_xy") is not None and len(sp["stars_xy"]) == len(xy):
+        # a PSF that varies across the frame: each star with the PSF at its own position
+        local = result.psf_at(sp["stars_xy"][:, 0], sp["stars_xy"][:, 1], warn=False)
+        return np.concatenate([np.asarray(_models_jit(jnp.asarray(local[i], dt), jnp.asarray(xy[i:i + 1], dt),
+                                                      jnp.asarray(result.fluxes[i:i + 1], dt),
+                                                      jnp.asarray(result.sky[i:i + 1], dt), size, k, psf_size))
+                               for i in range(len(xy))])
+    return np.asarray(_models_jit(jnp.asarray(psf, dt), jnp.asarray(xy, dt),
                                   jnp.asarray(result.fluxes, dt), jnp.asarray(result.sky, dt), size, k, psf_size))
 
 
