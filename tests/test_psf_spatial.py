@@ -10,7 +10,7 @@ from gsprep.io import read_psf, write_psf
 from gsprep.results import PSFExtrapolationWarning
 from gsprep.simulate import moffat_psf
 
-S = 19
+S = 21  # the stamp size and star count of tests/test_psf.py at k = 1: its compiled fit is reused
 L = 2000.0
 
 
@@ -51,7 +51,7 @@ def _err(psf, x, y):
     return float(np.sqrt(np.mean((psf[sl, sl] / psf.sum() - t[sl, sl]) ** 2)) / t.max())
 
 
-N = 60
+N = 24
 
 
 @pytest.fixture(scope="module")
