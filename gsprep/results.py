@@ -137,7 +137,9 @@ class EPSFResult:
         With a spatial model (``degree > 0``) the PSF's sub-pixel values are
         the polynomial in frame position evaluated there; a position outside
         the convex hull of the stars that made it is an extrapolation and
-        warns (:class:`PSFExtrapolationWarning`).  A constant PSF
+        warns (:class:`PSFExtrapolationWarning`); beyond the stars' bounding
+        box the polynomial is evaluated at the box's nearest point (a
+        polynomial runs away outside its data).  A constant PSF
         (``degree = 0``) is the same everywhere.  ``x, y`` may be arrays of
         the same shape: then one PSF per position, ``(..., K, K)``; a
         band-stacked result gives ``(bands, ..., K, K)``.
@@ -162,16 +164,17 @@ class EPSFResult:
             outside = [~inside_hull(np.asarray(h, float), xa, ya) for h in hulls if h is not None]
             if any(np.any(o) for o in outside):
                 warnings.warn(f"psf_at: ({x}, {y}) lies outside the stars' convex hull: the PSF there is "
-                              "extrapolated from the spatial model and may be inaccurate",
+                              "extrapolated from the spatial model (held at the stars' bounding box) and may be "
+                              "inaccurate",
                               PSFExtrapolationWarning, stacklevel=2)
         xy = np.stack([xa, ya], axis=-1)
         if planes.ndim == 3:
-            c = monomials((xy - offset) / scale, deg)  # (..., T)
+            c = monomials(np.clip((xy - offset) / scale, -1.0, 1.0), deg)  # (..., T)
             out = np.tensordot(c, planes[: c.shape[-1]], axes=(-1, 0))
             return out / out.sum(axis=(-2, -1), keepdims=True)
         outs = []
         for b in range(planes.shape[0]):
-            c = monomials((xy - offset[b]) / scale[b], deg)
+            c = monomials(np.clip((xy - offset[b]) / scale[b], -1.0, 1.0), deg)
             o = np.tensordot(c, planes[b, : c.shape[-1]], axes=(-1, 0))
             outs.append(o / o.sum(axis=(-2, -1), keepdims=True))
         return np.stack(outs)

@@ -97,7 +97,10 @@ def test_psf_at_vectorised_and_extrapolation_warns(linear_fits):
         warnings.simplefilter("error", PSFExtrapolationWarning)
         lin.psf_at(1000.0, 1000.0)  # inside the stars' hull: no warning
     with pytest.warns(PSFExtrapolationWarning, match="outside the stars' convex hull"):
-        lin.psf_at(3000.0, 1000.0)
+        far = lin.psf_at(3000.0, 1000.0)
+    # beyond the stars' bounding box the polynomial is held at the box's edge, not run away
+    edge = float(lin.spatial["offset"][0] + lin.spatial["scale"][0])
+    np.testing.assert_allclose(far, lin.psf_at(edge, 1000.0, warn=False), atol=1e-12)
     with pytest.raises(ValueError, match="x and y"):
         lin.psf_at(np.nan, 1.0)
 
@@ -172,3 +175,37 @@ def test_psf_field_figure(tmp_path, linear_fits):
     with pytest.raises(ValueError, match="spatially varying"):
         fig_psf_field(gsprep.EPSFResult(np.ones((3, 3)) / 9, np.zeros((1, 2)), np.ones(1), np.zeros(1), np.ones(1),
                                         np.zeros(0), np.zeros(1, int)))
+
+
+def test_band_stacked_spatial_model_splits_per_band():
+    """A band-stacked result: each band's own degree and planes; band(i) evaluates like the stack."""
+    from gsprep.psf.fit import _stack_spatial
+    from gsprep.results import EPSFResult
+
+    rng = np.random.default_rng(0)
+    kk = 9
+    p0 = rng.uniform(0.5, 1, (kk, kk))
+    p0 /= p0.sum()
+    d1 = rng.normal(0, 1e-3, (kk, kk))
+    d1 -= d1.mean()
+    sp1 = {"degree": 1, "planes": np.stack([p0, d1, -d1]), "offset": np.array([50.0, 50.0]),
+           "scale": np.array([40.0, 40.0]), "hull": np.array([[10, 10], [90, 10], [90, 90], [10, 90]], float),
+           "scores": None, "stars_xy": np.zeros((3, 2)), "heldout": None}
+    other = np.full((kk, kk), 1 / kk**2)
+    sp = _stack_spatial([sp1, None], [p0, other])
+    n = 3
+    res = EPSFResult(np.stack([p0, other]), np.zeros((2, n, 2)), np.ones((2, n)), np.zeros((2, n)), np.ones((2, n)),
+                     np.zeros((2, 1)), np.zeros((2, n), int), degree=np.array([1, 0]), spatial=sp,
+                     n_iter=np.array([1, 1]), converged=np.array([True, True]), heldout_chi2=np.ones(2),
+                     residual_flux=np.ones(2), fwhm=np.ones(2), ellipticity=np.ones(2), e1=np.ones(2), e2=np.ones(2),
+                     reg_kind=np.array(["profile", "profile"]), reg_strength=np.ones(2))
+    both = res.psf_at(80.0, 30.0)
+    assert both.shape == (2, kk, kk)
+    b0, b1 = res.band(0), res.band(1)
+    assert b0.degree == 1 and b1.degree == 0 and b1.spatial is None
+    np.testing.assert_allclose(b0.psf_at(80.0, 30.0), both[0], atol=1e-12)
+    np.testing.assert_allclose(b1.psf_at(80.0, 30.0), other, atol=1e-12)
+    np.testing.assert_allclose(both[1], other, atol=1e-12)
+    # band 0 at (80, 30): u = (0.75, -0.5) -> p0 + 0.75 d1 + 0.5 d1
+    want = p0 + 1.25 * d1
+    np.testing.assert_allclose(both[0], want / want.sum(), atol=1e-12)
