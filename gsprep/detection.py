@@ -264,8 +264,14 @@ class TwoPass:
     galaxy stays one object.  The *hot* pass finds faint and compact ones on
     the frame smoothed by the PSF (a matched filter, so ``hot_nsigma`` is the
     detection significance of a point source), deblended hard.  Hot objects
-    whose peak falls inside a cold segment are dropped (GALAPAGOS keeps the
-    hot objects outside the cold ones).  Defaults chosen on the real frames
+    are looked for outside the cold ones only (GALAPAGOS keeps the hot
+    objects that do not overlap cold ones); a hot object whose peak touches a
+    cold one is that object's wing and joins its footprint.  The hot pass
+    runs on the frame minus a mesh background of ``hot_box`` FWHM (as
+    SExtractor does); the cold pass on the frame as given (a sky-subtracted
+    cutout: the target's halo is the target's), or minus a mesh background
+    of ``cold_box`` FWHM when set (a whole frame whose sky is not yet
+    fitted, as :func:`gsprep.sky_mask` sees it).  Defaults chosen on the real frames
     of ``tests/data`` against ``sep`` (SExtractor's defaults); see
     ``benchmarks/bench_mask.py``.
     """
@@ -279,11 +285,14 @@ class TwoPass:
     cold_contrast: float = 0.005
     cold_smooth: float = 1.5
     hot_box: float = 10.0
+    cold_box: float | None = None
     nlevels: int = 32
 
     def __post_init__(self):
         for name in ("hot_nsigma", "hot_peak", "cold_nsigma", "cold_smooth", "hot_box"):
             check_positive(name, getattr(self, name))
+        if self.cold_box is not None:
+            check_positive("cold_box", self.cold_box)
         for name in ("hot_contrast", "cold_contrast"):
             v = check_nonnegative(name, getattr(self, name))
             if v >= 1:
@@ -296,12 +305,12 @@ class TwoPass:
                 raise ValueError(msg)
 
 
-def local_background(data, bad, box):
-    """SExtractor-style mesh background (photutils ``Background2D``) of box ``box`` pixels (16 to 64)."""
+def local_background(data, bad, box, *, largest=64):
+    """SExtractor-style mesh background (photutils ``Background2D``) of box ``box`` pixels (16 to ``largest``)."""
     from photutils.background import Background2D, SExtractorBackground
 
     ny, nx = data.shape
-    b = int(np.clip(round(box), 16, 64))
+    b = int(np.clip(round(box), 16, largest))
     b = max(min(b, ny // 2, nx // 2), 4)
     if min(ny, nx) < 8:
         return np.zeros_like(data)
@@ -339,8 +348,14 @@ def _segment_pass(smoothed, threshold, npixels, contrast, nlevels, bad):
         if segm is None:
             return np.zeros(smoothed.shape, dtype=np.int32)
         warnings.filterwarnings("ignore", DEBLEND_MODE_WARNING, AstropyUserWarning)
-        segm = deblend_sources(smoothed, segm, int(npixels), n_levels=int(nlevels), contrast=float(contrast),
-                               progress_bar=False)
+        # only segments with two or more local maxima can split: deblending the others costs time for nothing
+        lab = np.asarray(segm.data)
+        peaks = (smoothed >= ndimage.maximum_filter(smoothed, size=3)) & (lab > 0)
+        count = np.bincount(lab[peaks], minlength=int(lab.max()) + 1)
+        multi = np.flatnonzero(count >= 2)
+        if len(multi):
+            segm = deblend_sources(smoothed, segm, int(npixels), labels=multi, n_levels=int(nlevels),
+                                   contrast=float(contrast), progress_bar=False)
     return np.asarray(segm.data, dtype=np.int32)
 
 
@@ -403,7 +418,13 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
         # each estimate can only be widened by what it leaves in (the mesh's dips around a bright source,
         # a gradient left in the frame): the smaller is the noise
         rms = min(smoothed_noise(sm_flat, bad), smoothed_noise(sm_given, bad))
-        sm = sm_flat if smooth == 1.0 else sm_given
+        if smooth == 1.0:
+            sm = sm_flat
+        elif p.cold_box is None:
+            sm = sm_given
+        else:
+            coarse = filled - local_background(filled, bad, p.cold_box * fwhm, largest=256)
+            sm = ndimage.gaussian_filter(coarse, width, mode="nearest")
         thr = nsig * rms if scale is None else nsig * rms * scale
         # the hot pass looks only outside the cold objects, so a faint source next to a bright one is not
         # merged with it at the low threshold and then lost with it
@@ -423,17 +444,19 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
         peaks = ndimage.maximum_position(hot_sm, hot, idx)
         peak_thr = p.hot_peak * hot_rms * (1.0 if scale is None else scale)
         peak_thr = np.broadcast_to(peak_thr, hot.shape)
-        wing = np.zeros(hot.shape, bool)
+        is_wing = np.zeros(len(idx) + 1, bool)
+        lut = np.zeros(len(idx) + 1, np.int32)
         for lab, pk in zip(idx, peaks, strict=True):
             if pk is None:
                 continue
             if near_cold[pk]:
-                wing |= hot == lab
-                continue
-            if hot_sm[pk] < peak_thr[pk]:
-                continue
-            n += 1
-            labels[hot == lab] = n
+                is_wing[lab] = True
+            elif hot_sm[pk] >= peak_thr[pk]:
+                n += 1
+                lut[lab] = n
+        wing = is_wing[hot]
+        new = lut[hot]
+        labels = np.where(new > 0, new, labels)
         if wing.any() and (cold > 0).any():
             # the wings join the footprint of the cold object whose light they are: flooded downhill from
             # the cold objects on the smoothed frame, so the valley between two objects parts them
