@@ -82,8 +82,10 @@ class PrepareConfig:
     sky_box: int = 64
     sky_regions: tuple | None = None
     sky_nsigma: float = 3.0
-    mask_nsigma: float = 3.0
-    mask_npixels: int = 5
+    mask_nsigma: float | None = None  # None: the mask detection's own default (see cutout_mask)
+    mask_npixels: int | None = None
+    mask_detection: str = "twopass"
+    magnification: float = 2.0
     deblend: bool = True
     max_grow: float = 100.0
     addgrow: float = 0.0
@@ -240,6 +242,8 @@ _OPTION_CHECKS = {
     "sky_nsigma": lambda v: check_positive("sky_nsigma", v),
     "mask_nsigma": lambda v: check_positive("mask_nsigma", v),
     "mask_npixels": lambda v: check_integer("mask_npixels", v, lower=1),
+    "mask_detection": lambda v: check_choice("mask_detection", v, ("twopass", "single")),
+    "magnification": lambda v: _checked_magnification(v),
     "max_grow": lambda v: check_nonnegative("max_grow", v),
     "addgrow": lambda v: check_nonnegative("addgrow", v),
     "star_nsigma": lambda v: check_positive("star_nsigma", v),
@@ -252,6 +256,14 @@ _OPTION_CHECKS = {
     "sky_box": lambda v: check_integer("sky_box", v, lower=4),
     "sky_regions": lambda v: _checked_regions(v),
 }
+
+
+def _checked_magnification(v):
+    v = check_positive("magnification", v)
+    if v < 1:
+        msg = f"magnification must be >= 1, got {v!r}"
+        raise ValueError(msg)
+    return v
 
 
 def _checked_degree(v):

@@ -353,10 +353,12 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
     try:
         mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
                            deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
+                           magnification=config.magnification, detection=config.mask_detection,
                            bad=~(sig > 0) | user_cut, require_target=config.require_target)
     except TargetNotFoundError:
-        msg = (f"the target was not detected at the centre of the cutout (mask_nsigma={config.mask_nsigma:g}, "
-               f"mask_npixels={config.mask_npixels}); lower mask_nsigma or mask_npixels in [options] of the "
+        nsig = "default" if config.mask_nsigma is None else f"{config.mask_nsigma:g}"
+        msg = (f"the target was not detected at the centre of the cutout (mask_nsigma={nsig}, "
+               f"mask_npixels={config.mask_npixels or 'default'}); lower mask_nsigma or mask_npixels in [options] of the "
                "config, or set require_target = false there to mask every detected source and go on")
         raise TargetNotFoundError(msg) from None
     if maps is not None:
