@@ -80,6 +80,7 @@ def _check_psf_args(args):
             check_preset(args.preset)
         except ValueError as exc:
             raise ValueError(f"--{exc}") from None
+    _check_map_flags(args)
     if args.stars and args.gaia:
         msg = "give --stars FILE or --gaia, not both"
         raise ValueError(msg)
@@ -94,6 +95,58 @@ def _check_psf_args(args):
     if os.path.exists(args.out) and not args.overwrite:
         msg = f"--out: {args.out!r} exists; add --overwrite to replace it"
         raise FileExistsError(msg)
+
+
+# gsprep psf's map flags -> the BandSpec keys they fill
+_MAP_FLAGS = {"noise": "--noise", "dq": "--dq", "user_mask": "--user-mask", "exposure": "--exposure"}
+
+
+def _check_map_flags(args):
+    """``--noise``/``--noise-kind``, ``--dq``/``--dq-bad``, ``--user-mask``, ``--exposure`` checked (files exist)."""
+    from .config import _split_ref
+
+    if args.noise is not None and args.noise_kind is None:
+        msg = "--noise needs --noise-kind rms, variance, ivar or weight (what the map's pixels hold)"
+        raise ValueError(msg)
+    if args.noise_kind is not None and args.noise is None and args.preset is None:
+        msg = "--noise-kind is set but there is no noise map: give --noise FILE[EXT]"
+        raise ValueError(msg)
+    if args.dq_bad is not None:
+        if args.dq is None and args.preset is None:
+            msg = "--dq-bad is set but there is no DQ map: give --dq FILE[EXT]"
+            raise ValueError(msg)
+        try:
+            bits = tuple(int(b) for b in str(args.dq_bad).replace(" ", "").split(","))
+        except ValueError:
+            bits = ()
+        if not bits or any(b <= 0 for b in bits):
+            msg = (f"--dq-bad must be DQ bit values separated by commas (positive integers, e.g. 1,4,16), "
+                   f"got {args.dq_bad!r}")
+            raise ValueError(msg)
+        args.dq_bad = bits
+    for key, flag in _MAP_FLAGS.items():
+        ref = getattr(args, key)
+        if ref is None:
+            continue
+        path, ext = _split_ref(ref)
+        if not path or ext == "":
+            msg = f"{flag} must be FILE or FILE[EXT] (EXT an HDU index or EXTNAME), got {ref!r}"
+            raise ValueError(msg)
+        if not os.path.isfile(path):
+            msg = f"{flag}: no such file {path!r}"
+            raise FileNotFoundError(msg)
+
+
+def _map_error(exc, args):
+    """A map error of ``_band_maps`` (``noise: ...``, ``user_mask: ...``) restated with the flag's name."""
+    import re
+
+    text = str(exc)
+    m = re.match(r"^(noise|dq|user_mask|exposure)\b", text)
+    if m and getattr(args, m[1]) is not None:
+        text = _MAP_FLAGS[m[1]] + text[m.end():]
+        text = text.replace("noise_kind = ", "--noise-kind ").replace("dq_bad = ", "--dq-bad ")
+    return type(exc)(text)
 
 
 def cmd_psf(args):
@@ -112,22 +165,34 @@ def cmd_psf(args):
         msg = f"--out: figure {there[0]!r} exists; add --overwrite to replace it (or --no-figures)"
         raise FileExistsError(msg)
     spec = maps = None
-    if args.preset:  # the preset's layout: HDU, unit, noise and DQ maps, exposure time, gain (the flags win)
+    given = {key: getattr(args, key) for key in _MAP_FLAGS}
+    given.update(noise_kind=args.noise_kind, dq_bad=args.dq_bad)
+    if args.preset or any(v is not None for v in given.values()):
+        # the maps given and the preset's layout: HDU, unit, noise and DQ maps, exposure time, gain (the flags win)
         from .config import BandSpec
         from .pipeline import _band_maps
         from .presets import resolve_band
 
-        spec = resolve_band(BandSpec(file=args.image, fwhm=args.fwhm, hdu=args.hdu, unit=args.unit,
-                                     exptime=args.exptime, gain=args.gain, preset=args.preset),
-                            band=os.path.basename(args.image))
+        spec = BandSpec(file=args.image, fwhm=args.fwhm, hdu=args.hdu, unit=args.unit, exptime=args.exptime,
+                        gain=args.gain, preset=args.preset, **given)
+        if args.preset:
+            spec = resolve_band(spec, band=os.path.basename(args.image))
+        else:
+            import dataclasses
+
+            spec = dataclasses.replace(spec, hdu=0 if args.hdu is None else args.hdu, unit=args.unit or "cR")
     hdu = spec.hdu if spec else (0 if args.hdu is None else args.hdu)
     unit = spec.unit if spec else (args.unit or "cR")
     img = read_image(args.image, hdu, unit=unit)
     if spec:
-        maps = _band_maps(spec, img)
+        try:
+            maps = _band_maps(spec, img)
+        except (OSError, ValueError) as exc:
+            raise _map_error(exc, args) from None
     noise_map = maps is not None and maps.sigma is not None
+    exposure_map = maps is not None and maps.exposure is not None
     exptime = args.exptime or (spec and spec.exptime) or img.exptime
-    if unit == "cR" and exptime is None and not noise_map:
+    if unit == "cR" and exptime is None and not noise_map and not exposure_map:
         msg = (f"{args.image}: no EXPTIME in the header and count-rate data need one; give --exptime SECONDS "
                "(or --unit counts for data in counts)")
         raise ValueError(msg)
@@ -140,9 +205,7 @@ def cmd_psf(args):
                               label=args.image, bad=None if maps is None else maps.bad | maps.user)
     clean = img.data - sky.background
     if noise_map:
-        from .pipeline import _fill_sigma
-
-        sigma = _fill_sigma(maps.sigma, maps.bad, ~maps.bad)
+        sigma = maps.sigma
     else:
         gain = args.gain or (spec and spec.gain) or img.gain
         if gain is None:
@@ -153,7 +216,12 @@ def cmd_psf(args):
             warnings.warn(f"{args.image}: no GAIN in the header and no --gain: 1 e-/ADU assumed for the sigma "
                           "image's source Poisson noise; give --gain E_PER_ADU", AssumptionWarning, stacklevel=2)
             gain = 1.0
-        sigma = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=unit)
+        sigma = frame_sigma(clean, sky, exptime=maps.exposure if exposure_map else exptime, gain=gain, unit=unit)
+    if maps is not None:  # no valid noise, DQ-bad, no exposure, user-masked: kept out of the stars' fits
+        from .pipeline import _fill_sigma
+
+        out = maps.bad | maps.user
+        sigma = _fill_sigma(np.where(out, np.nan, sigma), out, ~out)
     reference = None
     if args.stars:
         reference = Table.read(args.stars)
@@ -320,6 +388,24 @@ def build_parser():
                     help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")
     ps.add_argument("--gain", type=float, default=None,
                     help="e-/ADU (default: GAIN from the header, else 1 with a warning)")
+    ps.add_argument("--noise", metavar="FILE[EXT]", default=None,
+                    help="noise map replacing the computed sigma image (EXT an HDU index or EXTNAME; needs "
+                         "--noise-kind; default: none, sigma computed, or the preset's)")
+    ps.add_argument("--noise-kind", choices=("rms", "variance", "ivar", "weight"), default=None,
+                    help="what --noise's pixels hold: rms (sigma), variance, ivar (1/variance) or weight (drizzle "
+                         "IVM weight) (default: none; required with --noise)")
+    ps.add_argument("--dq", metavar="FILE[EXT]", default=None,
+                    help="DQ / bad-pixel map: its bad pixels are kept out of the sky fit and the stars "
+                         "(default: none, or the preset's)")
+    ps.add_argument("--dq-bad", metavar="BITS", default=None,
+                    help="DQ bit values that mark a bad pixel, separated by commas, e.g. 1,4,16 (default: any "
+                         "nonzero DQ is bad, or the preset's bits)")
+    ps.add_argument("--user-mask", metavar="FILE", default=None,
+                    help="user mask kept out of the sky fit and the stars: a FITS map (FILE[EXT], nonzero = masked) "
+                         "or a DS9 region file (.reg; image or sky coordinates) (default: none)")
+    ps.add_argument("--exposure", metavar="FILE[EXT]", default=None,
+                    help="exposure map, s per pixel, used for the sigma image's source term instead of the "
+                         "exposure time; pixels with exposure <= 0 are bad (default: none, the exposure time)")
     ps.add_argument("--stars", help="reference catalogue (ECSV/FITS with ra, dec in degrees) to match the stars to "
                                     "(default: none, stars chosen by shape alone)")
     ps.add_argument("--gaia", action="store_true",

@@ -35,7 +35,11 @@ class BandSpec:
     ``noise_kind`` one of ``"rms"``, ``"variance"``, ``"ivar"``,
     ``"weight"`` replaces the computed sigma image; ``dq = "FILE[EXT]"`` or
     ``dq_hdu = EXT`` with ``dq_bad = [bit values]`` (default: any nonzero DQ
-    is bad) and ``user_mask = "FILE[EXT]"`` (nonzero = masked) mask pixels.
+    is bad) and ``user_mask = "FILE[EXT]"`` (nonzero = masked; or a DS9
+    region file ``"FILE.reg"``: pixels inside a region masked) mask pixels;
+    ``exposure = "FILE[EXT]"`` or ``exposure_hdu = EXT`` (an exposure map,
+    seconds per pixel) replaces the exposure time in the sigma image's
+    source term, pixel by pixel (exposure <= 0 masked as bad).
 
     ``preset`` (one of :data:`gsprep.presets.PRESETS`, e.g. ``"jwst_i2d"``)
     fills every key above that the band leaves out from the survey's file
@@ -60,6 +64,8 @@ class BandSpec:
     dq_hdu: int | str | None = None
     dq_bad: tuple | None = None
     user_mask: str | None = None
+    exposure: str | None = None
+    exposure_hdu: int | str | None = None
     preset: str | None = None
     preset_notes: tuple | None = None
 
@@ -185,7 +191,7 @@ def load_config(path, *, batch=False):
             spec["preset"] = _in_section(f"bands.{name}", lambda spec=spec: check_preset(spec["preset"]))
             spec.setdefault("hdu", None)  # from the preset, when the frame is read
             spec.setdefault("unit", None)
-        for key in ("noise", "dq", "user_mask"):
+        for key in ("noise", "dq", "user_mask", "exposure"):
             if key in spec:
                 spec[key] = _in_section(f"bands.{name}", lambda key=key, spec=spec: _map_ref(key, spec[key], here))
         bands[name] = _in_section(f"bands.{name}", lambda spec=spec: _checked_band(BandSpec(**spec)))
@@ -332,7 +338,7 @@ def _split_ref(ref):
 
 
 def _map_ref(key, value, here):
-    """A ``noise``, ``dq`` or ``user_mask`` value checked, its path made absolute (relative to the config)."""
+    """A ``noise``, ``dq``, ``user_mask`` or ``exposure`` value checked, its path made absolute (config-relative)."""
     if not isinstance(value, str) or not value.strip():
         msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
         raise TypeError(msg)
@@ -352,14 +358,17 @@ def _checked_hdu(key, value):
 
 
 def _checked_maps(spec):
-    """The noise, DQ and user-mask keys of a band checked (not read: see ``read_band_maps``)."""
-    for key in ("noise", "dq", "user_mask"):
+    """The noise, DQ, user-mask and exposure-map keys of a band checked (not read: see ``read_band_maps``)."""
+    for key in ("noise", "dq", "user_mask", "exposure"):
         value = getattr(spec, key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             msg = f'{key} must be "FILE" or "FILE[EXT]" (EXT an HDU index or EXTNAME), got {value!r}'
             raise TypeError(msg)
-    for key in ("noise_hdu", "dq_hdu"):
+    for key in ("noise_hdu", "dq_hdu", "exposure_hdu"):
         _checked_hdu(key, getattr(spec, key))
+    if spec.exposure is not None and spec.exposure_hdu is not None:
+        msg = "give exposure (another file, \"FILE[EXT]\") or exposure_hdu (an HDU of file), not both"
+        raise ValueError(msg)
     if spec.noise is not None and spec.noise_hdu is not None:
         msg = "give noise (another file, \"FILE[EXT]\") or noise_hdu (an HDU of file), not both"
         raise ValueError(msg)

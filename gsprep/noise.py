@@ -6,7 +6,7 @@ import numpy as np
 
 from ._checks import as_image, check_choice, check_nonnegative, check_positive
 
-__all__ = ["sigma_image", "sigma_from_weight", "sigma_from_map", "NOISE_KINDS"]
+__all__ = ["sigma_image", "sigma_from_weight", "sigma_from_map", "exposure_bad", "NOISE_KINDS"]
 
 #: what a noise map holds -> how sigma follows from it
 NOISE_KINDS = {
@@ -22,15 +22,17 @@ def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0
 
     ``sigma = sqrt(fac1 * |data + sky| / (gain * t) + fac2 * sky_rms**2)``
     with ``t = exptime`` for count-rate data (``unit="cR"``, counts / s) and
-    ``t = 1`` for ``unit="counts"``.
+    ``t = 1`` for ``unit="counts"``.  ``exptime`` may be an exposure map
+    (per-pixel exposure time, the shape of ``data``): then ``t = t(x, y)``.
 
     Parameters
     ----------
     data : array
         Sky-subtracted image, in counts/s (``"cR"``) or counts.
-    exptime : float
-        Exposure time, seconds (> 0).  Ignored for ``unit="counts"`` but still
-        checked when given.
+    exptime : float or array
+        Exposure time, seconds (> 0), or an exposure map (> 0 and finite at
+        every pixel: mask the others, see :func:`exposure_bad`).  Ignored
+        for ``unit="counts"`` but still checked when given.
     gain : float
         Electrons per data unit (> 0).
     sky : float or array
@@ -61,7 +63,13 @@ def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0
     """
     check_choice("unit", unit, ("cR", "counts"))
     arr = as_image("data", data, ndim=(2, 3), require_finite=False)
-    if unit == "cR" or exptime is not None:
+    if exptime is not None and np.ndim(exptime) > 0:
+        t = _real_array("exptime", exptime)
+        if not (np.isfinite(t) & (t > 0)).all():
+            msg = (f"an exposure map (exptime) must be finite and > 0{_where(t, ~(np.isfinite(t) & (t > 0)))} "
+                   "(mask those pixels and give them any positive value)")
+            raise ValueError(msg)
+    elif unit == "cR" or exptime is not None:
         t = check_positive("exptime", exptime)
     if unit == "counts":
         t = 1.0
@@ -79,7 +87,8 @@ def sigma_image(data, *, exptime, gain=1.0, sky=0.0, sky_rms, fac1=1.0, fac2=1.0
     try:
         var = f1 * np.abs(arr + skyv) / (g * t) + f2 * rms**2
     except ValueError:
-        msg = f"sky (shape {skyv.shape}) or sky_rms (shape {rms.shape}) does not match data {arr.shape}"
+        msg = (f"sky (shape {skyv.shape}), sky_rms (shape {rms.shape}) or exptime (shape {np.shape(t)}) does not "
+               f"match data {arr.shape}")
         raise ValueError(msg) from None
     zero = var == 0
     if zero.any():
@@ -102,6 +111,18 @@ def _where(arr, bad):
     if arr.ndim == 0:
         return f", got {float(arr)!r}"
     return f" at every pixel; it is not at {int(np.count_nonzero(bad))} of {arr.size}"
+
+
+def exposure_bad(exposure):
+    """Pixels of an exposure map (per-pixel exposure time, s) with no valid exposure: <= 0 or not finite.
+
+    Examples
+    --------
+    >>> exposure_bad(np.array([[100.0, 0.0, np.nan]]))
+    array([[False,  True,  True]])
+    """
+    t = as_image("exposure map", exposure, ndim=(2, 3), require_finite=False)
+    return ~(np.isfinite(t) & (t > 0))
 
 
 def sigma_from_weight(weight):

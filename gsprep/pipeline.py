@@ -21,7 +21,7 @@ from ._bits import BAD, USER
 from .cutouts import Cutout, cutout
 from .io import AssumptionWarning, Image, read_image, read_map
 from .masks import Mask, TargetNotFoundError, cutout_mask
-from .noise import sigma_from_map, sigma_image
+from .noise import exposure_bad, sigma_from_map, sigma_image
 from .psf import EPSFResult, fit_epsf
 from .sky import SkyFit, fit_sky, sky_mask, sky_residual_check
 from .stars import Stamps, extract_stamps, find_stars, select_stars
@@ -41,13 +41,16 @@ class BandMaps:
     """A band's noise map and bad-pixel maps, frame-sized (from :func:`read_band_maps`).
 
     ``sigma``: the sigma image from the noise map (NaN where ``bad``), or
-    None (then the sigma image is computed); ``bad``: no valid noise or
-    DQ-bad (mask bit ``BAD``); ``user``: the user mask (mask bit ``USER``).
+    None (then the sigma image is computed); ``bad``: no valid noise,
+    DQ-bad or no valid exposure (mask bit ``BAD``); ``user``: the user mask
+    (mask bit ``USER``); ``exposure``: the exposure map (seconds per pixel;
+    the computed sigma image's ``t(x, y)``), or None.
     """
 
     sigma: np.ndarray | None
     bad: np.ndarray
     user: np.ndarray
+    exposure: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,11 @@ class BandProducts:
 
 
 def _band_map(spec, key, image):
-    """``(data, label)`` of the map ``key`` ("noise", "dq" or "user_mask") of a band, or None; shape checked."""
+    """``(data, label, key)`` of the map ``key`` ("noise", "dq", "user_mask", "exposure") of a band, or None.
+
+    Its shape is checked; a ``user_mask`` that is a DS9 region file is made a
+    0/1 map of the frame (sky regions placed with the frame's WCS).
+    """
     ref = getattr(spec, key)
     hdu = getattr(spec, f"{key}_hdu", None)
     if ref is None and hdu is None:
@@ -75,6 +82,12 @@ def _band_map(spec, key, image):
     which = key if ref is not None else f"{key}_hdu"
     label = f"{path}[{ext}]"
     try:
+        if key == "user_mask" and ref is not None:
+            from .usermask import is_region_file, region_mask
+
+            if is_region_file(path):
+                mask = region_mask(path, image.data.shape, wcs=image.wcs)
+                return mask.astype(float), path, which
         data = read_map(path, ext)
     except (OSError, ValueError) as exc:
         msg = f"{which}: {exc}"
@@ -98,7 +111,8 @@ def _band_maps(spec, image):
         no_data = preset_bad(spec, image)
     dq = _band_map(spec, "dq", image)
     user = _band_map(spec, "user_mask", image)
-    if noise is None and dq is None and user is None and no_data is None:
+    expo = _band_map(spec, "exposure", image)
+    if noise is None and dq is None and user is None and no_data is None and expo is None:
         return None
     shape = image.data.shape
     sigma, bad = None, np.zeros(shape, bool)
@@ -124,21 +138,31 @@ def _band_maps(spec, image):
         bad = bad | dq_bad
     if no_data is not None:
         bad = bad | no_data
+    exposure = None
+    if expo is not None:
+        no_exp = exposure_bad(expo[0])
+        if no_exp.all():
+            msg = (f"{expo[2]}: the exposure map {expo[1]} has no pixel with a positive, finite exposure time; "
+                   "check the map and its HDU")
+            raise ValueError(msg)
+        bad = bad | no_exp
+        exposure = np.where(no_exp, float(np.median(expo[0][~no_exp])), expo[0])  # filler at masked pixels
     user_mask = np.zeros(shape, bool) if user is None else ~(user[0] == 0)  # NaN counts as masked
     if (bad | user_mask | ~np.isfinite(image.data)).all():
-        msg = "noise, dq and user_mask leave no good pixel in the frame"
+        msg = "noise, dq, exposure and user_mask leave no good pixel in the frame"
         raise ValueError(msg)
     if sigma is not None:
         sigma = np.where(bad, np.nan, sigma)
-    return BandMaps(sigma=sigma, bad=bad, user=user_mask)
+    return BandMaps(sigma=sigma, bad=bad, user=user_mask, exposure=exposure)
 
 
 def read_band_maps(config, images):
-    """Read and check every band's noise, DQ and user-mask maps; band -> :class:`BandMaps` or None.
+    """Read and check every band's noise, DQ, exposure and user-mask maps; band -> :class:`BandMaps` or None.
 
     Bands missing from ``images`` (unreadable frames) are skipped.  Any
     problem (missing file or HDU, a shape that is not the frame's, a
-    negative variance, a DQ map with every pixel bad) is one
+    negative variance, a DQ map with every pixel bad, an exposure map with
+    no positive pixel, a DS9 region file that does not parse) is one
     ``ValueError`` ``config: [bands.NAME] KEY: ...``, raised before any work.
     """
     out = {}
@@ -171,13 +195,14 @@ def _band_inputs(image, spec, band):
     exptime = spec.exptime or image.exptime
     gain = spec.gain or image.gain
     noise_map = has_noise_map(spec)  # the sigma image is the map's: no gain or exposure time needed
+    has_exposure_map = spec.exposure is not None or spec.exposure_hdu is not None
     if gain is None:
         gain = 1.0
         if not noise_map:
             warnings.warn(f"band {band}: no GAIN in the header of {spec.file} and no gain in [bands.{band}]: 1 e-/ADU "
                           f"assumed for the sigma image's source Poisson noise; give gain = E_PER_ADU in [bands.{band}]",
                           AssumptionWarning, stacklevel=3)
-    if spec.unit == "cR" and exptime is None and not noise_map:
+    if spec.unit == "cR" and exptime is None and not noise_map and not has_exposure_map:
         msg = (f"band {band}: no EXPTIME in the header of its frame and count-rate data need one; give "
                f'exptime = SECONDS in [bands.{band}] of the config (or unit = "counts" for data in counts)')
         raise ValueError(msg)
@@ -244,7 +269,7 @@ def frame_sky(image, *, fwhm, order, nsigma=3.0, max_grow=100.0, method="poly", 
 
 
 def frame_sigma(clean, sky, *, exptime, gain, unit):
-    """Sigma image of a sky-subtracted frame (data units).
+    """Sigma image of a sky-subtracted frame (data units); ``exptime`` a number or an exposure map (s per pixel).
 
     ``sky.rms`` is the measured background noise (the sky's own Poisson
     noise included), so the sky is not added to the source term again.
@@ -282,6 +307,8 @@ def _sigma_full(clean, sky, spec, exptime, gain, maps):
     if maps is not None and maps.sigma is not None:
         sig_full = maps.sigma
     else:
+        if maps is not None and maps.exposure is not None:  # t(x, y) instead of EXPTIME
+            exptime = maps.exposure
         sig_full = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
     if maps is not None:
         sig_full = np.where(maps.bad, np.nan, sig_full)
