@@ -1,24 +1,34 @@
-"""Targets per minute: ``run_batch`` on a LocalCluster of 1, 2 and 4 workers vs one target after another.
+"""Targets per minute of ``run_batch``: frame reuse against the per-target path, and the cost of more targets.
 
-The baseline is what a user would otherwise run: ``gsprep prepare`` on each
-target in turn, in one fresh Python process (``run_target`` in a loop, so
-JAX compiles once and not once per target).  Every configuration starts
-cold: a fresh process or cluster, an empty output folder and an empty JAX
-compile cache; wall time runs from the start of the batch (cluster start
-and every compile included) to the last product written.  With
-``--warm-cache`` every line (the sequential one too) instead shares a JAX
-compile cache filled by an untimed run first: the steady state of a survey
-that has run gsprep before (tracing is still paid per process).
+Generated survey fields (``demo_frame`` plus a Sérsic galaxy at every
+target, 3 bands of ``--size``^2 pixels each, 40 stars per frame, so that every
+field's PSF fit is one compiled program):
 
-    python benchmarks/bench_batch.py [--targets 24] [--size 400] [--workers 1 2 4] [--warm-cache]
+* ``--targets`` targets on ``--fields`` fields (several targets per frame),
+  and ``--spread`` targets on as many fields (one target per frame);
+* each run with frame reuse (``run_batch``'s default: one task per frame and
+  band for the sky and stars, one per field for the PSF fit, then the
+  targets) and with the per-target path (``reuse_frames=False``: every
+  target task fits its frames' skies, stars and PSFs itself, as before),
+  on a LocalCluster of 1 and 2 workers;
+* cold: a new cluster, an empty output folder (so an empty frame cache) and
+  an empty JAX compile cache, every compile paid; warm: the JAX compile
+  cache filled by an untimed run first (a survey that has run gsprep
+  before), frame cache still empty;
+* the cost of adding targets: ``--add A B`` targets on the same
+  ``--fields`` fields (warm, frame reuse, the largest worker count).
+
+Wall time runs from ``run_batch``'s start (cluster start included) to the
+last product written.
+
+    python benchmarks/bench_batch.py [--fields 10] [--targets 40] [--spread 20] [--size 400] [--workers 1 2]
+                                     [--modes warm cold] [--add 10 100] [--cold-cases 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -26,78 +36,139 @@ import numpy as np
 
 BANDS = {"g": 2.4, "r": 3.0, "i": 3.6}
 
-SEQUENTIAL = """
-import sys, time
-t0 = time.perf_counter()
-from gsprep.batch import read_targets, target_configs
-from gsprep.batch import _use_compile_cache
-from gsprep.pipeline import load_config, run_target
-_use_compile_cache(sys.argv[5] if len(sys.argv) > 5 else None)
-cfgs = target_configs(read_targets(sys.argv[1]), load_config(sys.argv[2], batch=True), targets_dir=sys.argv[4])
-bad = 0
-for c in cfgs:
-    bad += not run_target(c, f"{sys.argv[3]}/{c.name}", figures=False).ok
-print(time.perf_counter() - t0, bad)
-"""
 
-
-def make_targets(folder, n, size, rng):
+def make_fields(folder, n_fields, per_field, size, seed=0):
+    """``n_fields`` fields of 3 bands with ``per_field`` target galaxies each; returns (targets.csv, bands.toml)."""
     from astropy.io import fits
     from astropy.table import Table
+    from astropy.wcs import WCS
 
-    from gsprep.simulate import demo_frame
+    from gsprep.simulate import demo_frame, sersic_image
 
+    rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(folder, "frames"), exist_ok=True)
     rows = []
-    for t in range(n):
-        ra = 150.0 + 0.05 * t
+    for f in range(n_fields):
+        ra = 150.0 + 0.05 * f
+        n_stars = 40  # one star-count bucket: every field's PSF fit is one compiled program
+        # target galaxies: away from the edges and from each other's centres
+        pos = []
+        while len(pos) < per_field:
+            p = rng.uniform(60, size - 60, 2)
+            if all(np.hypot(*(p - q)) > 25 for q in pos):
+                pos.append(p)
         for i, (band, fwhm) in enumerate(BANDS.items()):
-            data, header = demo_frame(fwhm=fwhm, seed=100 * t + i, shape=(size, size),
-                                      n_stars=int(rng.integers(20, 60)), ra=ra)
-            fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(
-                os.path.join(folder, "frames", f"t{t}_{band}.fits"))
-        rows.append((f"t{t}", ra, 2.2))
-    Table(rows=rows, names=("name", "ra", "dec")).write(os.path.join(folder, "targets.csv"))
-    lines = ["[target]", "r = 20.0", "", "[options]", "oversampling = 2", "stamp_size = 21", "sky_order = 2", ""]
+            data, header = demo_frame(fwhm=fwhm, seed=1000 * f + i, shape=(size, size), n_stars=n_stars, ra=ra)
+            gal = sum(sersic_image((size, size), x, y, flux=8e4, r_eff=4.0, n=1.5, q=0.7, theta=0.3) for x, y in pos)
+            noise = np.random.default_rng(1000 * f + i + 7).normal(0.0, 1.0, gal.shape) * np.sqrt(gal / 200.0)
+            fits.PrimaryHDU((data + gal + noise).astype(np.float32), header=header).writeto(
+                os.path.join(folder, "frames", f"f{f}_{band}.fits"))
+        w = WCS(header)
+        for k, (x, y) in enumerate(pos):
+            c = w.pixel_to_world(x, y)
+            rows.append((f"f{f}t{k}", float(c.ra.deg), float(c.dec.deg), f"f{f}"))
+    Table(rows=rows, names=("name", "ra", "dec", "field")).write(os.path.join(folder, "targets.csv"))
+    lines = ["[target]", "r = 15.0", "", "[options]", "oversampling = 2", "stamp_size = 21", "sky_order = 2", ""]
     for band, fwhm in BANDS.items():
-        lines += [f"[bands.{band}]", f'file = "frames/{{name}}_{band}.fits"', f"fwhm = {fwhm}", ""]
-    with open(os.path.join(folder, "bands.toml"), "w") as f:
-        f.write("\n".join(lines))
+        lines += [f"[bands.{band}]", f'file = "frames/{{field}}_{band}.fits"', f"fwhm = {fwhm}", "zeropoint = 25.0",
+                  f'filter = "sloan_{band}"', ""]
+    with open(os.path.join(folder, "bands.toml"), "w") as fh:
+        fh.write("\n".join(lines))
     return os.path.join(folder, "targets.csv"), os.path.join(folder, "bands.toml")
+
+
+def subset(targets, n, path):
+    """The first ``n`` targets of each field, round robin, as a new table file."""
+    from astropy.table import Table
+
+    tab = Table.read(targets, format="ascii.csv")
+    order = np.argsort([int(name.split("t")[-1]) for name in tab["name"]], kind="stable")
+    tab[order[:n]].write(path, overwrite=True)
+    return path
+
+
+def run(targets, bands, out, workers, cache, reuse):
+    from gsprep.batch import run_batch
+
+    res = run_batch(targets, bands, out, workers=workers, figures=False, compile_cache=cache, reuse_frames=reuse)
+    return res
+
+
+def line(label, res, base=None):
+    rate = 60.0 * res.ran / res.elapsed_s
+    vs = f"{rate / base:9.2f}" if base else f"{'':>9}"
+    print(f"{label:<44} {res.ran:>7} {res.elapsed_s:8.1f} {rate:12.1f} {vs} {res.failed:>7}", flush=True)
+    return rate
+
+
+def header(title):
+    print(f"\n{title}\n{'case':<44} {'targets':>7} {'wall s':>8} {'targets/min':>12} {'vs per-target':>9} "
+          f"{'failed':>7}", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", type=int, default=24)
+    ap.add_argument("--fields", type=int, default=10)
+    ap.add_argument("--targets", type=int, default=40, help="targets on --fields fields")
+    ap.add_argument("--spread", type=int, default=20, help="targets on as many fields (0: skip)")
     ap.add_argument("--size", type=int, default=400, help="frame size, pixels")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--warm-cache", action="store_true", help="share a pre-filled JAX compile cache")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--modes", nargs="+", default=["warm", "cold"], choices=["cold", "warm"])
+    ap.add_argument("--add", type=int, nargs=2, default=[10, 100], metavar=("FEW", "MANY"),
+                    help="targets on the same --fields fields, to time the cost of adding targets (0 0: skip)")
+    ap.add_argument("--cold-cases", type=int, default=2,
+                    help="run the cold lines for the first N cases only (1: the dense case; saves time)")
     args = ap.parse_args()
-    from gsprep.batch import run_batch
 
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        targets, bands = make_targets(tmp, args.targets, args.size, rng)
-        cache = [os.path.join(tmp, "jax-cache")] if args.warm_cache else []
-        print(f"{args.targets} generated targets, {len(BANDS)} bands of {args.size}^2 px each; "
-              f"{os.cpu_count()} cores; " + ("shared warm JAX compile cache" if cache else "cold start for every line"))
-        if cache:
-            run_batch(targets, bands, os.path.join(tmp, "warmup"), workers=1, figures=False, compile_cache=cache[0])
+        per = max(-(-args.targets // args.fields), -(-args.add[1] // args.fields) if args.add[1] else 0)
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", SEQUENTIAL, targets, bands, os.path.join(tmp, "seq"), tmp, *cache],
-                             capture_output=True, text=True, check=True)
-        t_seq = time.perf_counter() - t0
-        bad = int(out.stdout.split()[-1])
-        rate_seq = 60 * args.targets / t_seq
-        print(f"{'mode':<28} {'wall s':>8} {'targets/min':>12} {'vs sequential':>14} {'failed':>7}")
-        print(f"{'sequential (one process)':<28} {t_seq:8.1f} {rate_seq:12.1f} {1.0:14.2f} {bad:>7}")
-        for n in args.workers:
-            res = run_batch(targets, bands, os.path.join(tmp, f"batch{n}"), workers=n, figures=False,
-                            compile_cache=cache[0] if cache else "default")
-            rate = 60 * res.ran / res.elapsed_s
-            print(f"{f'run_batch, {n} worker(s)':<28} {res.elapsed_s:8.1f} {rate:12.1f} {rate / rate_seq:14.2f} "
-                  f"{res.failed:>7}")
+        dense, bands = make_fields(os.path.join(tmp, "dense"), args.fields, per, args.size)
+        dense_t = subset(dense, args.targets, os.path.join(tmp, "dense", "some.csv"))
+        cases = [(f"{args.targets} targets on {args.fields} fields", dense_t, bands)]
+        if args.spread:
+            sp, sp_bands = make_fields(os.path.join(tmp, "spread"), args.spread, 1, args.size, seed=1)
+            cases.append((f"{args.spread} targets on {args.spread} fields", sp, sp_bands))
+        print(f"generated in {time.perf_counter() - t0:.0f} s: fields of {len(BANDS)} bands of {args.size}^2 px; "
+              f"{os.cpu_count()} cores (shared)", flush=True)
+        warm_cache = os.path.join(tmp, "jax-warm")
+        if "warm" in args.modes:  # every program the lines compile (the star-count buckets of every frame)
+            t = time.perf_counter()
+            one_each = subset(dense, args.fields, os.path.join(tmp, "dense", "warmup.csv"))  # a target per field
+            for k, (targets, b) in enumerate([(one_each, bands), *[(c[1], c[2]) for c in cases[1:]]]):
+                run(targets, b, os.path.join(tmp, f"warmup{k}"), max(args.workers), warm_cache, True)
+            print(f"(compile cache filled in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
+        n = 0
 
+        def add_targets():
+            nonlocal n
+            w = max(args.workers)
+            header(f"adding targets on the same {args.fields} fields (warm, {w} worker(s), frame reuse)")
+            times = []
+            for k in args.add:
+                n += 1
+                res = run(subset(dense, k, os.path.join(tmp, "dense", f"add{k}.csv")), bands,
+                          os.path.join(tmp, f"out{n}"), w, warm_cache, True)
+                line(f"{k} targets", res)
+                times.append(res.elapsed_s)
+            print(f"{args.add[1] / args.add[0]:g}x the targets on the same frames: {times[1] / times[0]:.2f}x the "
+                  "time", flush=True)
+
+        for mode in args.modes:
+            for label, targets, b in cases[: args.cold_cases] if mode == "cold" else cases:
+                header(f"{label}, {mode}")
+                for w in args.workers:
+                    rates = {}
+                    for reuse in (False, True):
+                        n += 1
+                        cache = warm_cache if mode == "warm" else os.path.join(tmp, f"jax-cold-{n}")
+                        res = run(targets, b, os.path.join(tmp, f"out{n}"), w, cache, reuse)
+                        what = "frame reuse" if reuse else "per-target"
+                        rates[reuse] = line(f"{mode}, {w} worker(s), {what}", res, rates.get(False))
+            if mode == "warm" and args.add[1]:
+                add_targets()
+        if "warm" not in args.modes and args.add[1]:
+            add_targets()
 
 if __name__ == "__main__":
     main()

@@ -483,22 +483,30 @@ def _start_client(scheduler, workers, dask_logs=logging.CRITICAL, dashboard=Fals
     if scheduler:
         return Client(scheduler), None
     n = int(workers) if workers else max(1, min(os.cpu_count() or 1, 4))
-    import importlib.util
+    # the dashboard (it needs bokeh) only when asked for; its HTTP server on a free port either way (no warning
+    # that 8787 is taken)
+    import warnings
 
-    # Dask's dashboard needs bokeh; without it none is started (and the address printed says so)
-    dash = ":0" if dashboard and importlib.util.find_spec("bokeh") is not None else None
-    # the local cluster's own logs (cancelled tasks, lost heartbeats on Ctrl-C, ...) stay quiet unless asked
-    # for: every target's failure is in the manifest already
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dash,
-                           env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, silence_logs=dask_logs)
+    with warnings.catch_warnings():  # "Port 8787 is already in use ...": Dask then takes another one
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               scheduler_kwargs={"dashboard": bool(dashboard)},
+                               env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, silence_logs=dask_logs)
     return Client(cluster), cluster
 
 
-def dashboard_link(client):
-    """The Dask dashboard's address of ``client``'s scheduler, or None when it serves none."""
+def dashboard_link(client, *, local=False):
+    """The Dask dashboard's address of ``client``'s scheduler, or None when it serves none.
+
+    ``local``: the scheduler runs in this Python (a ``LocalCluster``), whose
+    dashboard is there only when bokeh is installed here.
+    """
+    import importlib.util
+
+    if local and importlib.util.find_spec("bokeh") is None:
+        return None
     try:
-        info = client.scheduler_info()
-        if "dashboard" not in info.get("services", {}):
+        if "dashboard" not in client.scheduler_info().get("services", {}):
             return None
         return client.dashboard_link
     except Exception:  # noqa: BLE001 - an older / unusual scheduler: no address to give

@@ -274,7 +274,7 @@ def cmd_batch(args):
                + (f" on {args.scheduler}" if args.scheduler else f" ({args.workers or 'auto'} local workers)"))
 
     def connected(client):
-        link = dashboard_link(client)
+        link = dashboard_link(client, local=not args.scheduler)
         _say(args, f"gsprep batch: Dask dashboard at {link}" if link else
              "gsprep batch: no Dask dashboard (the local cluster serves one when bokeh is installed)")
 

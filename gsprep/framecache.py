@@ -60,7 +60,7 @@ WORK = collections.Counter()
 # options of a band / of the config that only the target's own products depend on (never the frame's)
 _TARGET_ONLY_BAND = frozenset({"file", "filter", "zeropoint", "pixel_scale"})
 _TARGET_ONLY_CONFIG = frozenset({"name", "ra", "dec", "x", "y", "r", "redshift", "bands", "lyric_psf", "mask_nsigma",
-                                 "mask_npixels", "deblend", "addgrow", "require_target", "oversampling",
+                                 "mask_npixels", "deblend", "addgrow", "require_target", "oversampling", "psf_degree",
                                  "star_nsigma", "star_npixels", "stamp_size", "criteria", "psf"})
 _STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -110,11 +110,11 @@ def _hash(*parts):
 
 
 def _map_digests(spec):
-    """Digests of the band's noise / DQ / user-mask files (other files than the frame)."""
+    """Digests of the band's noise / DQ / user-mask / exposure files (other files than the frame)."""
     from .config import _split_ref
 
     out = {}
-    for key in ("noise", "dq", "user_mask"):
+    for key in ("noise", "dq", "user_mask", "exposure"):
         ref = getattr(spec, key, None)
         if ref is None:
             continue
@@ -138,7 +138,7 @@ def frame_keys(config, spec, digest):
 
 def psf_key(stars_keys, oversampling, degree=0):
     """Key of the PSF fit of the bands with these stars entries (band -> key, in band order)."""
-    return "psf-" + _hash(SCHEMA, __version__, list(stars_keys.items()), int(oversampling), str(degree))
+    return "psf-" + _hash(SCHEMA, __version__, list(stars_keys.items()), int(oversampling), degree)
 
 
 class CorruptEntry(Exception):
@@ -287,6 +287,20 @@ def _open_band(config, spec, band):
     return image, exptime, gain, maps
 
 
+def band_spec(config, band):
+    """The band's spec with its preset filled in from its file, as ``run_target`` does (its warnings said there)."""
+    import warnings
+
+    from .presets import PresetWarning, resolve_band
+
+    spec = config.bands[band]
+    if getattr(spec, "preset", None) is None:
+        return spec
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PresetWarning)
+        return resolve_band(spec, band)
+
+
 def ensure_frame(cache, config, spec, band, keys=None, *, opened=None):
     """Make sure the sky and stars entries of a band's frame exist; returns ``(keys, computed)``.
 
@@ -333,6 +347,8 @@ def ensure_frame(cache, config, spec, band, keys=None, *, opened=None):
 def ensure_psfs(cache, stars_keys, stamps, oversampling, degree=0):
     """The PSF fits of the bands of ``stamps`` (band -> Stamps, band order), from the cache or fitted now.
 
+    ``degree``: the config's ``psf_degree`` (a PSF varying across the
+    frame; the whole result is stored, its spatial model included).
     Returns ``(results, key, computed)``: band -> EPSFResult or ValueError.
     """
     from .pipeline import band_psfs
@@ -341,7 +357,7 @@ def ensure_psfs(cache, stars_keys, stamps, oversampling, degree=0):
     entry = cache.get(key)
     computed = entry is None
     if computed:
-        fits = band_psfs(stamps, oversampling, degree)
+        fits = band_psfs(stamps, oversampling, degree) if degree else band_psfs(stamps, oversampling)
         entry = {b: ({"error": str(r)} if isinstance(r, Exception) else {"psf": r}) for b, r in fits.items()}
         WORK["psf"] += 1
         cache.put(key, entry, {"bands": list(stamps)})
@@ -361,16 +377,19 @@ class CachedFrames:
         self.computed = []
 
     def _frame(self, band, which):
-        spec = self.config.bands[band]
+        spec = band_spec(self.config, band)
         keys = self.keys.get(band)
-        keys, done = ensure_frame(self.cache, self.config, spec, band, keys)
-        self.keys[band] = keys
-        self.computed += done
-        entry = self.cache.get(keys[which])
-        if entry is None:  # written and gone again (a concurrent clean-up): compute it in memory
-            self.cache.drop(keys[which])
+        entry = None
+        for _ in range(2):  # an entry gone again right after it was checked (a concurrent clean-up): once more
             keys, done = ensure_frame(self.cache, self.config, spec, band, keys)
+            self.keys[band] = keys
+            self.computed += done
             entry = self.cache.get(keys[which])
+            if entry is not None:
+                break
+        if entry is None:
+            msg = f"frame cache: the products of {spec.file} could not be stored in {self.cache.root}"
+            raise ValueError(msg)
         if "error" in entry:
             raise ValueError(entry["error"])
         return entry
@@ -383,7 +402,7 @@ class CachedFrames:
 
     def psfs(self, stamps):
         res, _, computed = ensure_psfs(self.cache, {b: self.keys[b][1] for b in stamps}, stamps,
-                                       self.config.oversampling, self.config.psf_degree)
+                                       self.config.oversampling, getattr(self.config, "psf_degree", 0))
         if computed:
             self.computed.append("psf")
         return res
@@ -416,6 +435,7 @@ def frame_task(root, config, band, ident, compile_cache=None):
     spec = config.bands[band]
     cache = cache_at(root)
     try:
+        spec = band_spec(config, band)
         keys, computed = ensure_frame(cache, config, spec, band)
     except _READ_ERRORS as exc:
         return _record("frame", ident, band, spec.file, spec.hdu, t0, status="failed",
@@ -446,13 +466,12 @@ def field_task(root, config, frames, ident, compile_cache=None):
         stars_key = fr["keys"].split(";")[1]
         entry = cache.get(stars_key)
         if entry is None:  # lost since its frame task: recompute it here
-            spec = config.bands[fr["band"]]
-            (_, stars_key), _ = ensure_frame(cache, config, spec, fr["band"])
+            (_, stars_key), _ = ensure_frame(cache, config, band_spec(config, fr["band"]), fr["band"])
             entry = cache.get(stars_key)
         if entry is not None and "stars" in entry:
             stamps[fr["band"]] = entry["stars"][1]
             keys[fr["band"]] = stars_key
     if not stamps:
         return {**_record("psf", ident, ",".join(keys), "", "", t0), **rec}
-    _, key, computed = ensure_psfs(cache, keys, stamps, config.oversampling, config.psf_degree)
+    _, key, computed = ensure_psfs(cache, keys, stamps, config.oversampling, getattr(config, "psf_degree", 0))
     return {**_record("psf", ident, ",".join(keys), "", "", t0, keys=key, computed="psf" if computed else ""), **rec}
