@@ -26,6 +26,9 @@ from .detection import (
 
 __all__ = ["Mask", "TargetNotFoundError", "cutout_mask"]
 
+#: every neighbour's mask reaches this many PSF FWHMs beyond its footprint, whatever its size (the PSF's wings)
+PSF_GROW = 0.5
+
 
 class TargetNotFoundError(ValueError):
     """No source was detected at the cutout centre."""
@@ -258,14 +261,16 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
     ``detection="single"`` is the one-threshold :func:`gsprep.detect` of
     earlier versions.  The target is the segment under ``center`` (default
     the central pixel), or the nearest one within ``target_radius`` pixels.
-    A neighbour *inside* the target's segment (a separate peak more than one
-    FWHM from the centre that rises ``split_nsigma`` times the noise above
-    the saddle joining it to the centre) is split off and masked, on the
-    pixels nearer to it than to the target's centre.  Every other source is
-    masked by its segment grown by ``min((magnification - 1) * r,
-    max_grow) + addgrow`` pixels, ``r`` the radius of the circle with the
-    segment's area (:func:`gsprep.detection.grow_segments`).  The target's own
-    segment is never masked by another source's growth.
+    A neighbour *on* the target (a compact peak, more than one FWHM from the
+    centre, ``split_nsigma`` times the noise high in the residual of a model
+    of the target: the median of its segment in elliptical annuli; see
+    :func:`split_inner`) is split off and masked, on the pixels nearer to it
+    than to the target's centre and never within half a FWHM of that centre.
+    Every other source is masked by its footprint grown by
+    ``min((magnification - 1) * r + fwhm / 2, max_grow) + addgrow`` pixels,
+    ``r`` the radius of the circle with the footprint's area
+    (:func:`gsprep.detection.grow_segments`).  The target's own segment is
+    never masked by another source's growth.
 
     Parameters
     ----------
@@ -311,8 +316,8 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
         All the two-pass settings (``nsigma`` and ``npixels``, when given,
         replace its hot-pass ones).
     split_nsigma : float
-        Prominence, in noise units of the smoothed frame, a peak inside the
-        target's segment needs to be split off as a neighbour.
+        Height, in noise units of the smoothed residual, a peak on the
+        target needs to be split off as a neighbour.
 
     Returns
     -------
@@ -404,10 +409,10 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
             bkg_sub = np.where(nonfinite, 0.0, arr - seg.background)
             table = source_table(bkg_sub, labels, smoothed=seg.smoothed, bad=nonfinite | user | off)
     grown, _ = grow_segments(labels, table, magnification=magnification, max_grow=max_grow,
-                             addgrow=addgrow, min_grow=fwhm, exclude=(target,) if target else ())
+                             addgrow=addgrow, min_grow=PSF_GROW * fwhm, exclude=(target,) if target else ())
     neighbour = grown & (labels != target) if target else grown
     for piece, peak in inner:
-        g = min((magnification - 1.0) * np.sqrt(piece.sum() / np.pi) + fwhm, max_grow) + addgrow
+        g = min((magnification - 1.0) * np.sqrt(piece.sum() / np.pi) + PSF_GROW * fwhm, max_grow) + addgrow
         neighbour |= _grow_inner(piece, peak, center, g, arr.shape, keep=0.5 * fwhm)
     bits = np.zeros(arr.shape, dtype=np.int16)
     bits[neighbour] |= NEIGHBOUR
