@@ -22,7 +22,7 @@ import numpy as np
 from astropy.stats import sigma_clipped_stats
 
 from ._checks import as_mask, check_choice, check_integer, check_positive
-from .detection import TwoPass, detect, detect_twopass, grow_segments
+from .detection import TwoPass, detect, detect_twopass, grow_segments, grow_sources
 
 __all__ = ["SkyFit", "SkyResidualWarning", "fit_sky", "legendre_terms", "pixel_noise", "sky_mask", "sky_residual_check"]
 
@@ -61,44 +61,39 @@ def legendre_terms(order):
     return [(i, j) for j in range(order + 1) for i in range(order + 1) if i + j <= order]
 
 
-def sky_mask(data, *, fwhm, nsigma=None, npixels=None, max_grow=100, addgrow=0, magnification=1.25,
+def sky_mask(data, *, fwhm, nsigma=3.0, npixels=5, max_grow=100, addgrow=0, magnification=3.0,
              mask=None, detection="twopass"):
     """Pixels to keep out of the sky fit: detected sources grown by their size.
 
-    Sources are found by the two-pass detection of the masks
-    (:func:`gsprep.detection.detect_twopass`: bright and extended, then faint
-    and compact; ``nsigma`` and ``npixels``, when given, set the faint pass's
-    threshold, in noise units of the PSF-smoothed frame, default 3, and
-    minimum area),
-    or with ``detection="single"`` by :func:`gsprep.detect` (``nsigma``
-    default 3 times the frame's noise, ``npixels`` 5).  Each source's segment
-    is then grown by ``(magnification - 1)`` times its radius plus one
-    ``fwhm``, at most ``max_grow`` pixels, plus ``addgrow`` pixels
-    (:func:`gsprep.detection.grow_segments`).
+    Sources are detected on the frame smoothed by a Gaussian of ``fwhm``
+    pixels at ``nsigma`` times the noise with at least ``npixels`` connected
+    pixels (:func:`gsprep.detect`), then each is covered by an ellipse
+    ``magnification`` times its own size, grown by at most ``max_grow`` pixels
+    beyond it, plus ``addgrow`` pixels (:func:`gsprep.detection.grow_sources`):
+    generous, as the sky fit needs the far halos of bright sources hidden.
+    With ``detection="twopass"`` (the default) the faint and compact sources
+    of the masks' two-pass detection (:func:`gsprep.detection.detect_twopass`,
+    faint pass at 3 times the smoothed frame's noise, peaks of 4) are added,
+    each footprint grown by a quarter of its radius plus one ``fwhm``
+    (:func:`gsprep.detection.grow_segments`); ``"single"`` is the first part
+    alone.
 
     Returns
     -------
     ndarray of bool
         True = keep out of the sky fit (source, or non-finite / masked pixel).
     """
-    if detection == "twopass":
-        from dataclasses import replace
-
-        # a shallower faint pass and a narrower growth than a cutout's masks (the footprints are already
-        # deep), so that enough sky is left to fit; the cold pass on the frame as it is (a mesh background
-        # there would hide a stepped sky from sky_residual_check)
-        passes = TwoPass(hot_nsigma=3.0, hot_peak=4.0)
-        passes = replace(passes, hot_nsigma=passes.hot_nsigma if nsigma is None else nsigma,
-                         hot_npixels=passes.hot_npixels if npixels is None else int(npixels))
-        seg = detect_twopass(data, fwhm=fwhm, passes=passes, mask=mask)
-    elif detection == "single":
-        seg = detect(data, fwhm=fwhm, nsigma=3.0 if nsigma is None else nsigma,
-                     npixels=5 if npixels is None else npixels, mask=mask)
-    else:
+    if detection not in ("twopass", "single"):
         msg = f"detection must be 'twopass' or 'single', got {detection!r}"
         raise ValueError(msg)
-    grown, _ = grow_segments(seg.labels, seg.table, magnification=magnification, max_grow=max_grow,
-                             addgrow=addgrow, min_grow=check_positive("fwhm", fwhm))
+    seg = detect(data, fwhm=fwhm, nsigma=nsigma, npixels=npixels, mask=mask)
+    grown, _ = grow_sources(seg.labels, seg.table, magnification=magnification,
+                            max_grow=max_grow, addgrow=addgrow)
+    if detection == "twopass":
+        two = detect_twopass(data, fwhm=fwhm, passes=TwoPass(hot_nsigma=3.0, hot_peak=4.0), mask=mask)
+        faint, _ = grow_segments(two.labels, two.table, magnification=1.25, max_grow=max_grow, addgrow=addgrow,
+                                 min_grow=fwhm)
+        grown = grown | faint
     arr = np.asarray(data, dtype=float)
     return grown | ~np.isfinite(arr) | as_mask("mask", mask, arr.shape)
 
