@@ -184,3 +184,32 @@ def test_twopass_settings_are_checked():
         detect_twopass(np.zeros((20, 20)), fwhm=2.0, passes={"hot_nsigma": 3})
     with pytest.raises(ValueError, match="detection must be 'twopass' or 'single'"):
         gsprep.cutout_mask(np.zeros((20, 20)), fwhm=2.0, detection="cold")
+
+
+@pytest.mark.parametrize(("name", "center", "half"), [("EYUMa", None, 40), ("DSS", (50, 50), 30)])
+def test_every_reference_neighbour_in_a_real_cutout_is_masked(name, center, half):
+    """sep's objects (SNR > 5) inside a target cutout of a real frame, other than the target: all masked."""
+    ref = Table.read(data_path("sep_reference.ecsv"))
+    ref = ref[ref["frame"] == name]
+    f, hdu = FRAMES[name]
+    data = fits.getdata(data_path(f), hdu).astype(float)
+    fwhm = float(ref["fwhm"][0])
+    sky = gsprep.fit_sky(data, gsprep.sky_mask(data, fwhm=fwhm), order=1)
+    clean = data - np.asarray(sky.background)
+    ix, iy = center if center is not None else np.unravel_index(np.argmax(data), data.shape)[::-1]
+    x0, y0 = max(ix - half, 0), max(iy - half, 0)
+    cut = clean[y0: iy + half + 1, x0: ix + half + 1]
+    m = gsprep.cutout_mask(cut, fwhm=fwhm, center=(ix - x0, iy - y0), target_radius=max(2 * fwhm, 5.0),
+                           require_target=False)
+    x, y = np.asarray(ref["x"]) - x0, np.asarray(ref["y"]) - y0
+    inside = (x >= 0) & (x <= cut.shape[1] - 1) & (y >= 0) & (y <= cut.shape[0] - 1)
+    x, y = x[inside], y[inside]
+    others = np.hypot(x - (ix - x0), y - (iy - y0)) > 2 * fwhm  # the target is the one at the centre
+    assert others.sum() >= 10
+    masked = m.mask[np.round(y[others]).astype(int), np.round(x[others]).astype(int)] == 1
+    assert masked.all(), list(zip(x[others][~masked] + x0, y[others][~masked] + y0, strict=True))
+    assert m.mask[iy - y0, ix - x0] == 0
+    # and the old single detection left some of them unmasked
+    old = gsprep.cutout_mask(cut, fwhm=fwhm, center=(ix - x0, iy - y0), target_radius=max(2 * fwhm, 5.0),
+                             require_target=False, detection="single", magnification=3.0)
+    assert (old.mask[np.round(y[others]).astype(int), np.round(x[others]).astype(int)] == 0).any()
