@@ -408,6 +408,10 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
         if inner or not np.array_equal(labels, seg.labels):
             bkg_sub = np.where(nonfinite, 0.0, arr - seg.background)
             table = source_table(bkg_sub, labels, smoothed=seg.smoothed, bad=nonfinite | user | off)
+            if "cold" in seg.table.colnames:  # the split pieces are hot objects; the other labels are unchanged
+                cold = dict(zip(np.asarray(seg.table["label"]).tolist(), np.asarray(seg.table["cold"]).tolist(),
+                                strict=True))
+                table["cold"] = [bool(cold.get(int(lab), False)) for lab in table["label"]]
     grown, _ = grow_segments(labels, table, magnification=magnification, max_grow=max_grow,
                              addgrow=addgrow, min_grow=PSF_GROW * fwhm, exclude=(target,) if target else ())
     neighbour = grown & (labels != target) if target else grown

@@ -74,6 +74,9 @@ def test_single_detection_misses_that_neighbour():
     old = gsprep.cutout_mask(img, fwhm=FWHM, detection="single", deblend=True)
     new = gsprep.cutout_mask(img, fwhm=FWHM)
     assert old.mask[int(C), int(C + 5)] == 0 and new.mask[int(C), int(C + 5)] == 1
+    # the target is a cold (bright, extended) object, the neighbour split off it is not
+    cold = dict(zip(new.table["label"], new.table["cold"], strict=True))
+    assert cold[new.target_label] and not cold[new.labels[int(C), int(C + 5)]]
 
 
 @pytest.mark.parametrize("name", list(FRAMES))
