@@ -61,6 +61,7 @@ WORK = collections.Counter()
 _TARGET_ONLY_BAND = frozenset({"file", "filter", "zeropoint", "pixel_scale"})
 _TARGET_ONLY_CONFIG = frozenset({"name", "ra", "dec", "x", "y", "r", "redshift", "bands", "lyric_psf", "mask_nsigma",
                                  "mask_npixels", "deblend", "addgrow", "require_target", "oversampling", "psf_degree",
+                                 "magnification", "mask_detection",
                                  "star_nsigma", "star_npixels", "stamp_size", "criteria", "psf"})
 _STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
