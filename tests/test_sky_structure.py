@@ -92,7 +92,7 @@ def test_prepare_with_its_default_sky_warns_on_a_stepped_frame(tmp_path, monkeyp
 
     from .test_pipeline import write_frames
 
-    monkeypatch.setattr(gsprep.pipeline, "_psfs", lambda stamps, k: {})  # the sky is what is tested
+    monkeypatch.setattr(gsprep.pipeline, "_psfs", lambda stamps, k, degree=0: {})  # the sky is what is tested
     write_frames(tmp_path, bands=(("g", 2.6),))
     cfg = load_config(write_config(tmp_path, bands=(("g", 2.6),)))
     img = gsprep.read_image(cfg.bands["g"].file)

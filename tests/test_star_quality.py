@@ -170,7 +170,7 @@ def test_prepare_reads_the_saturation_level_from_the_frame_header(tmp_path, monk
     import gsprep.pipeline
     from gsprep.pipeline import load_config, prepare_target
 
-    monkeypatch.setattr(gsprep.pipeline, "_psfs", lambda stamps, k: {})  # star selection is what is tested
+    monkeypatch.setattr(gsprep.pipeline, "_psfs", lambda stamps, k, degree=0: {})  # star selection is what is tested
 
     from .test_pipeline import write_config, write_frames
 
