@@ -91,7 +91,7 @@ def _info(flux, w, ay, ax):
     return scale, jnp.maximum(diag_p / scale, 1e-3)
 
 
-def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg):
+def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=None):
     """The planes ``D (T, K, K)`` that best fit the stars with their centres, fluxes and skies held.
 
     Each plane is ``J a_t + R_t``: a change of the reference Moffat's
@@ -101,6 +101,11 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg):
     ``coef (n, T)``: each star's monomials (a column of zeros switches a
     term off: its plane comes out 0).  ``lam``: curvature penalty, in
     units of the data's mean information per fine pixel.
+
+    Each star's flux and sky move with the planes (linearised about the
+    star's model with ``planes_now``, and eliminated exactly: a 2 x 2 block
+    per star), so a PSF that is sharper in one corner is not read as stars
+    that are brighter there: held fluxes would absorb part of the variation.
     """
     dt = d.dtype
     k, psf_size, size = sx.k, sx.psf_size, sx.size
@@ -114,6 +119,25 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg):
     r = d - fw * _render(jnp.broadcast_to(p0, (xy.shape[0], kk, kk)), ay, ax) - sky[:, None, None]
     lam_s = lam * scale
     ridge = 1e-6 * scale
+    # each star's unit-flux model with the current planes, and its (flux, sky) normal-equation block
+    now = jnp.zeros((n_t, kk, kk), dt) if planes_now is None else planes_now
+    m_s = _render(_local(p0, now, coef), ay, ax)
+    h11 = jnp.sum(w * m_s * m_s, axis=(1, 2))
+    h12 = jnp.sum(w * m_s, axis=(1, 2))
+    h22 = jnp.sum(w, axis=(1, 2))
+    det = h11 * h22 - h12**2
+    live = (h22 > 0) & (det > 1e-12 * jnp.maximum(h11 * h22, 1e-30))
+    det = jnp.where(live, det, 1.0)
+
+    def eliminate(g):
+        """``g - W C (C^T W C)^-1 C^T g`` per star, ``C = [m_s, 1]`` (flux and sky free)."""
+        if not ELIMINATE:
+            return g
+        t1 = jnp.sum(m_s * g, axis=(1, 2))
+        t2 = jnp.sum(g, axis=(1, 2))
+        z1 = jnp.where(live, (h22 * t1 - h12 * t2) / det, 0.0)
+        z2 = jnp.where(live, (h11 * t2 - h12 * t1) / det, 0.0)
+        return g - w * (z1[:, None, None] * m_s + z2[:, None, None])
 
     def planes_of(v):
         rp, a = v
@@ -125,13 +149,13 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg):
 
     def normal(v):
         rp = _project(v[0], basis)
-        g = w * fw * _render(jnp.einsum("nt,tij->nij", coef, planes_of(v)), ay, ax)
+        g = eliminate(w * fw * _render(jnp.einsum("nt,tij->nij", coef, planes_of(v)), ay, ax))
         back = adj(fw * g)
         pen = jax.vmap(lambda q: laplacian(dloc * laplacian(q)))(rp)
         return (_project(back + lam_s * pen + ridge * rp, basis),
                 jnp.einsum("ijc,tij->tc", jac, back) + ridge * v[1])
 
-    b0 = adj(fw * w * r)
+    b0 = adj(fw * eliminate(w * r))
     rhs = (_project(b0, basis), jnp.einsum("ijc,tij->tc", jac, b0))
     # preconditioner: (coefficient Gram)^-1 across the planes, times the constant fit's stationary
     # Fourier operator within each (the data's per-native-pixel coupling plus the curvature penalty);
@@ -225,12 +249,21 @@ def degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, 
     return red, held
 
 
-def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=2):
+#: conjugate-gradient iterations of a plane solve (half of them in the degree's cross-validation)
+N_CG = 120
+#: each star's flux and sky free in the plane solve (eliminated); False holds them (for comparisons)
+ELIMINATE = True
+#: rounds of the final fit's alternation (planes with the stars held, then the stars with their local PSFs)
+ROUNDS = 2
+
+
+def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=None):
     """Planes and stars alternated ``rounds`` times; returns ``(planes, xy, flux, sky, models)``."""
+    rounds = ROUNDS if rounds is None else rounds
     planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg)
     for _ in range(rounds - 1):
         xy, flux, sky = local_star_step(_local(p0, planes, coef), xy, flux, sky, w, d, sx, n_gn=3)
-        planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+        planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=planes)
     psfs = _local(p0, planes, coef)
     xy, flux, sky = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
     return planes, xy, flux, sky, _models(psfs, xy, flux, sky, sx)
@@ -282,7 +315,7 @@ def choose_degree(red, held):
     return best, scores
 
 
-def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=120):
+def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=None):
     """The spatially varying PSF of one band (device arrays in, numpy out), or None when degree 0 is chosen.
 
     ``degree``: an int (already capped by the caller) or ``"auto"``;
@@ -294,6 +327,7 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
     held-out reduced chi-square of the chosen degree).
     """
     dt = d.dtype
+    n_cg = N_CG if n_cg is None else n_cg
     wn = np.asarray(w)
     good = wn.reshape(wn.shape[0], -1).sum(1) > 0
     offset, scale = normalise_positions(frame_xy, good)
