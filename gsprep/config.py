@@ -68,6 +68,7 @@ class BandSpec:
     exposure_hdu: int | str | None = None
     preset: str | None = None
     preset_notes: tuple | None = None
+    spcorrection: tuple | None = None  # GalfitS img_cut spcorrection: (east, north) arcsec added to the target
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,12 @@ class PrepareConfig:
     criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
     x: float | None = None
     y: float | None = None
+    # GalfitS generate_PSFs options (docs/guide.md, "GalfitS data preparation, mapped")
+    star_catalog: str | None = None  # the user's star list (ra, dec or x, y columns): the PSF stars are exactly these
+    stars_from: str = "detected"  # "catalog": the stars are star_catalog's rows, or [criteria] starcord_list's
+    gaia: bool = False  # match the detected stars against Gaia DR3 (network; cached)
+    psf_fit: bool = True  # false (GalfitS notfit): select and stamp, write the stars file, fit no PSF
+    stack_psf: str | None = None  # "median" / "mean" (GalfitS makestackpsf): NAME_BAND_stackpsf.fits
 
 
 _TARGET_KEYS = {"name", "ra", "dec", "x", "y", "r", "redshift"}
@@ -196,6 +203,22 @@ def load_config(path, *, batch=False):
                 spec[key] = _in_section(f"bands.{name}", lambda key=key, spec=spec: _map_ref(key, spec[key], here))
         bands[name] = _in_section(f"bands.{name}", lambda spec=spec: _checked_band(BandSpec(**spec)))
     options = _in_section("options", lambda: _checked_options(options))
+    if options.get("star_catalog") is not None:  # relative to the config's folder, read (and checked) now
+        from .stars import read_star_catalog
+
+        if not os.path.isabs(options["star_catalog"]):
+            options["star_catalog"] = os.path.join(here, options["star_catalog"])
+        try:
+            _in_section("options", lambda: read_star_catalog(options["star_catalog"]))
+        except FileNotFoundError as exc:
+            msg = f"config: [options] {exc}"
+            raise ValueError(msg) from None
+        options.setdefault("stars_from", "catalog")
+    if options.get("stars_from") == "catalog" and options.get("star_catalog") is None and crit.get(
+            "starcord_list") is None:
+        msg = ('config: [options] stars_from = "catalog" needs star_catalog = "FILE" or [criteria] starcord_list '
+               "(the star positions)")
+        raise ValueError(msg)
     criteria = _in_section("criteria", lambda: StarCriteria(**crit))
     if batch:
         r = target["r"]
@@ -261,7 +284,36 @@ _OPTION_CHECKS = {
     "sky_method": lambda v: check_choice("sky_method", v, ("poly", "mesh")),
     "sky_box": lambda v: check_integer("sky_box", v, lower=4),
     "sky_regions": lambda v: _checked_regions(v),
+    "star_catalog": lambda v: _checked_path("star_catalog", v),
+    "stars_from": lambda v: check_choice("stars_from", v, ("detected", "catalog")),
+    "stack_psf": lambda v: _checked_stack(v),
 }
+
+
+def _checked_path(key, v):
+    if not isinstance(v, str) or not v.strip():
+        msg = f"{key} must be a file path (a string), got {v!r}"
+        raise TypeError(msg)
+    return v
+
+
+def _checked_stack(v):
+    """``stack_psf``: false (none), ``"median"`` or ``"mean"``; true means ``"median"``."""
+    if v is False:
+        return None
+    if v is True:
+        return "median"
+    return check_choice("stack_psf", v, ("median", "mean"))
+
+
+def _checked_spcorrection(v):
+    """``spcorrection = [east, north]`` arcsec (GalfitS ``img_cut``'s sky-position correction)."""
+    ok = (isinstance(v, (list, tuple)) and len(v) == 2
+          and all(isinstance(q, (int, float)) and not isinstance(q, bool) and np.isfinite(q) for q in v))
+    if not ok:
+        msg = f"spcorrection must be [east, north] in arcsec (two numbers), got {v!r}"
+        raise TypeError(msg)
+    return (float(v[0]), float(v[1]))
 
 
 def _checked_magnification(v):
@@ -318,6 +370,8 @@ def _checked_band(spec):
         msg = f"hdu must be an HDU index or EXTNAME, got {spec.hdu!r}"
         raise TypeError(msg)
     spec = _checked_maps(spec)
+    if spec.spcorrection is not None:
+        spec = dataclasses.replace(spec, spcorrection=_checked_spcorrection(spec.spcorrection))
     return dataclasses.replace(spec, fwhm=float(spec.fwhm),
                                exptime=check_positive("exptime", spec.exptime, allow_none=True),
                                gain=check_positive("gain", spec.gain, allow_none=True),

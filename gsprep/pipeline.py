@@ -66,6 +66,7 @@ class BandProducts:
     stamps: Stamps | None = None
     psf: EPSFResult | None = None
     error: str | None = None
+    stack: np.ndarray | None = None  # the plain stacked PSF (config.stack_psf, GalfitS makestackpsf)
 
 
 def _band_map(spec, key, image):
@@ -277,15 +278,19 @@ def frame_sigma(clean, sky, *, exptime, gain, unit):
     return sigma_image(clean, exptime=exptime, gain=gain, sky=0.0, sky_rms=sky.rms, unit=unit)
 
 
-def frame_psf_stars(image, clean, sigma, sky, *, fwhm, nsigma, npixels, stamp_size, criteria, reference=None):
+def frame_psf_stars(image, clean, sigma, sky, *, fwhm, nsigma, npixels, stamp_size, criteria, reference=None,
+                    positions=None):
     """PSF stars of a frame: found, selected (with reasons) and cut into stamps; ``(stars, stamps)``.
 
     The frame's header and the sky that was removed go to
     :func:`gsprep.find_stars`, whose saturation level is in the frame's
-    units before sky subtraction.
+    units before sky subtraction.  ``positions`` (``(n, 2)`` frame pixels,
+    optional): the user's star list, which replaces the detected catalogue
+    (``find_stars(positions=...)``).
     """
     cat, seg = find_stars(clean, fwhm=fwhm, nsigma=nsigma, npixels=npixels, wcs=image.wcs, size=stamp_size,
-                          return_segmentation=True, header=image.header, background=sky.background)
+                          return_segmentation=True, header=image.header, background=sky.background,
+                          positions=positions)
     stars = select_stars(cat, criteria, reference=reference)
     return stars, extract_stamps(clean, sigma, stars, stamp_size, segmentation=seg)
 
@@ -316,8 +321,36 @@ def _sigma_full(clean, sky, spec, exptime, gain, maps):
 
 
 def _band_psf_stars(image, clean, sig_full, sky, config, spec):
+    criteria, positions, reference = config.criteria, None, None
+    if getattr(config, "stars_from", "detected") == "catalog":  # the user's list is the catalogue (GalfitS)
+        from .stars import read_star_catalog, star_positions_in
+
+        if getattr(config, "star_catalog", None) is not None:
+            table = read_star_catalog(config.star_catalog)
+        else:
+            sc = np.asarray(criteria.starcord_list, dtype=float)
+            table = Table({"ra": sc[:, 0], "dec": sc[:, 1]})
+            criteria = dataclasses.replace(criteria, starcord_list=None)  # the list itself, not a match reference
+        positions = star_positions_in(table, image.wcs)
+    if getattr(config, "gaia", False):
+        reference = _gaia_reference(image)
     return frame_psf_stars(image, clean, sig_full, sky, fwhm=spec.fwhm, nsigma=config.star_nsigma,
-                           npixels=config.star_npixels, stamp_size=config.stamp_size, criteria=config.criteria)
+                           npixels=config.star_npixels, stamp_size=config.stamp_size, criteria=criteria,
+                           reference=reference, positions=positions)
+
+
+def _gaia_reference(image):
+    """Gaia DR3 stars over a frame (``gaia = true``): a cone about its centre reaching its corners."""
+    if image.wcs is None:
+        msg = "gaia = true needs frames with a WCS (the stars are matched on the sky)"
+        raise ValueError(msg)
+    from . import stars as stars_mod
+
+    ny, nx = image.data.shape[-2:]
+    centre = image.wcs.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0).icrs
+    corners = image.wcs.pixel_to_world(np.array([0, nx - 1, 0, nx - 1]), np.array([0, 0, ny - 1, ny - 1])).icrs
+    radius = 1.02 * float(np.max(centre.separation(corners).arcsec))
+    return stars_mod.gaia_stars(float(centre.ra.deg), float(centre.dec.deg), radius)
 
 
 # The frame-level products of one band, target-independent: what ``prepare_target`` computes for a band before
@@ -360,6 +393,30 @@ def _psf_at_target(res, cut):
     return dataclasses.replace(res, psf=np.asarray(res.psf_at(x, y)))
 
 
+def _corrected_cut(clean, r, target, correction):
+    """The cutout; with ``correction = (east, north)`` arcsec (GalfitS ``spcorrection``) the cut is centred on
+    the corrected position and its WCS shifted so that pixel carries the nominal ``(ra, dec)``."""
+    if correction is None or target.get("ra") is None or target.get("wcs") is None:
+        return cutout(clean, r=r, **target)
+    import copy
+
+    ra, dec = float(target["ra"]), float(target["dec"])
+    shifted = dict(target, ra=ra + correction[0] / 3600.0 / np.cos(np.radians(dec)), dec=dec + correction[1] / 3600.0)
+    cut = cutout(clean, r=r, **shifted)
+    if cut.wcs is None:
+        return cut
+    w = copy.deepcopy(cut.wcs)
+    for _ in range(2):  # shift CRVAL until the cut's target pixel reads the nominal position
+        here = w.pixel_to_world(*cut.center).icrs
+        dra = ((ra - float(here.ra.deg) + 180.0) % 360.0) - 180.0
+        crval = np.array(w.wcs.crval, dtype=float)
+        crval[w.wcs.lng] += dra
+        crval[w.wcs.lat] += dec - float(here.dec.deg)
+        w.wcs.crval = crval
+        w.wcs.set()
+    return dataclasses.replace(cut, wcs=w, ra=ra, dec=dec)
+
+
 def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=None, frames=None):
     """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``.
 
@@ -370,7 +427,7 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
     whose ``stars(band)`` replaces the star search.
     """
     clean = image.data - sky.background
-    cut = cutout(clean, r=config.r, **target)
+    cut = _corrected_cut(clean, config.r, target, getattr(spec, "spcorrection", None))
     sig_full = _sigma_full(clean, sky, spec, exptime, gain, maps)
     bad_cut = user_cut = np.zeros(cut.data.shape[-2:], bool)
     if maps is not None:
@@ -422,6 +479,9 @@ def prepare_band(image, ra, dec, config, spec, *, band="band", maps=None):
                        regions=config.sky_regions, label=f"band {band}", bad=_excluded(maps))
     p = _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps)
     if p.stamps is None:
+        return p
+    p = _with_stack(p, config)
+    if not getattr(config, "psf_fit", True):  # GalfitS notfit: stars and stamps only
         return p
     res = fit_epsf(p.stamps, oversampling=config.oversampling, degree=config.psf_degree)
     return dataclasses.replace(p, psf=_psf_at_target(res, p.cutout))
@@ -609,7 +669,15 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
                                             *inputs[band], band, maps.get(band), frames)
         except errors as exc:
             out[band] = BandProducts(band=band, error=str(exc))
+    for b in list(partial):
+        try:
+            partial[b] = _with_stack(partial[b], config)
+        except errors as exc:
+            out[b] = BandProducts(band=b, error=str(exc))
+            del partial[b]
     with_stamps = {b: p.stamps for b, p in partial.items() if p.stamps is not None}
+    if not getattr(config, "psf_fit", True):  # GalfitS notfit: stars and stamps only, no PSF fit
+        with_stamps = {}
     if with_stamps:
         say(f"PSF: {', '.join(with_stamps)}")
     if with_stamps:
@@ -624,6 +692,16 @@ def prepare_target(images, ra, dec, config, *, progress=None, stack_bands="auto"
             else:
                 out[band] = dataclasses.replace(partial[band], psf=_psf_at_target(res, partial[band].cutout))
     return {b: out[b] for b in images}
+
+
+def _with_stack(p, config):
+    """``p`` with its plain stacked PSF (``config.stack_psf``: "median" or "mean"; GalfitS makestackpsf)."""
+    method = getattr(config, "stack_psf", None)
+    if method is None or p.stamps is None:
+        return p
+    from .stars import stack_psf
+
+    return dataclasses.replace(p, stack=stack_psf(p.stamps, method=method))
 
 
 def _or_error(fn, band):

@@ -11,7 +11,8 @@ from .galfits import galfits_filter, header_zeropoint, image_block, lyric_text
 from .io import atomic_write, write_cutout, write_psf
 from .wcs import STANDIN_CRVAL, StandInWCSWarning
 
-__all__ = ["check_out_dir", "galfits_block", "product_paths", "write_products"]
+__all__ = ["check_out_dir", "galfits_block", "product_paths", "write_products", "write_stack_psf",
+           "write_star_stamps"]
 
 
 def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=None, unit="cR"):
@@ -36,6 +37,10 @@ def product_paths(config, out_dir, *, figures=True):
         paths.append(f"{stem}_psfs.png")
     for band in config.bands:
         paths += [f"{stem}_{band}.fits", f"{stem}_{band}_psf.fits"]
+        if getattr(config, "stack_psf", None) is not None:
+            paths.append(f"{stem}_{band}_stackpsf.fits")
+        if not getattr(config, "psf_fit", True):
+            paths.append(f"{stem}_{band}_stars.fits")
         if figures:
             paths += [f"{stem}_{band}_{fig}.png" for fig in ("sky", "cutout", "funnel", "stars", "psf")]
     return paths
@@ -55,6 +60,52 @@ def check_out_dir(config, out_dir, *, figures=True, overwrite=False):
         msg = (f"out: {out_dir!r} already holds products of {config.name} ({', '.join(there[:3])}{more}); "
                "pass overwrite=True to replace them")
         raise FileExistsError(msg)
+
+
+def write_stack_psf(path, psf, *, nstars, method="median", overwrite=False):
+    """Write a plain stacked PSF (GalfitS ``makestackpsf``; :func:`gsprep.stars.stack_psf`), atomically.
+
+    One primary HDU, float32, sum 1, native pixels (``OVERSAMP = 1``), with
+    ``PSFKIND = 'STACK'``, ``STACKMTH`` (median or mean) and ``NSTARS``.
+    """
+    from astropy.io import fits
+
+    hdr = fits.Header()
+    hdr["PSFKIND"] = ("STACK", "plain normalised stack of the star stamps")
+    hdr["STACKMTH"] = (str(method), "how the stamps were combined")
+    hdr["NSTARS"] = (int(nstars), "stamps stacked")
+    hdr["OVERSAMP"] = (1, "native pixels")
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        fits.PrimaryHDU(np.asarray(psf, np.float32), hdr).writeto(tmp, overwrite=True)
+    return path
+
+
+def write_star_stamps(path, stars, stamps, *, overwrite=False):
+    """Write the PSF stars and their stamps without a PSF (GalfitS ``notfit``), atomically.
+
+    HDU 1 ``STARS``: every candidate with ``selected`` and ``reason``;
+    HDU 2-4 ``STAMPS``, ``SIGMA``, ``MASK`` (1 = excluded): ``(n, size,
+    size)`` cubes of the selected stars, in ``STARS`` order of the selected
+    rows; HDU 5 ``POSITION``: each stamp's star ``x, y`` (0-based, in the
+    stamp), its ``id`` and the frame pixel of its stamp's ``(0, 0)``.
+    """
+    from astropy.io import fits
+    from astropy.table import Table
+
+    tab = Table(stars, copy=True)
+    tab.meta = {}
+    for name in tab.colnames:
+        if tab[name].dtype.kind == "O":
+            tab[name] = tab[name].astype(str)
+    pos = Table({"id": np.asarray(stamps.ids, int), "x": stamps.positions[:, 0], "y": stamps.positions[:, 1],
+                 "x0": np.asarray(stamps.origins)[:, 0], "y0": np.asarray(stamps.origins)[:, 1]})
+    hdus = [fits.PrimaryHDU(), fits.table_to_hdu(tab), fits.ImageHDU(np.asarray(stamps.data, np.float32), name="STAMPS"),
+            fits.ImageHDU(np.asarray(stamps.sigma, np.float32), name="SIGMA"),
+            fits.ImageHDU(np.asarray(stamps.mask, np.uint8), name="MASK"), fits.table_to_hdu(pos)]
+    hdus[1].name, hdus[5].name = "STARS", "POSITION"
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return path
 
 
 def _sigma_form(spec):
@@ -112,6 +163,15 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
                 psf_ref, sampling = (os.path.basename(psf_file), 3), k
             else:
                 psf_ref, sampling = (os.path.basename(psf_file), 2), 1
+        if getattr(p, "stack", None) is not None:  # GalfitS makestackpsf: the plain stack, its own file
+            stack_file = os.path.join(out_dir, f"{config.name}_{band}_stackpsf.fits")
+            files.append(write_stack_psf(stack_file, p.stack, nstars=len(p.stamps.data), method=config.stack_psf,
+                                         overwrite=overwrite))
+            if psf_ref is None:  # no fitted PSF (psf_fit = false): the .lyric names the stack
+                psf_ref, sampling = (os.path.basename(stack_file), 0), 1
+        if not getattr(config, "psf_fit", True) and p.stamps is not None:  # GalfitS notfit: stars and stamps
+            files.append(write_star_stamps(os.path.join(out_dir, f"{config.name}_{band}_stars.fits"), p.stars,
+                                           p.stamps, overwrite=overwrite))
         header = images[band].header
         filt, filt_how = galfits_filter(band, header, spec.filter)
         if filt is None:

@@ -43,6 +43,9 @@ __all__ = [
     "GAIA_COLUMNS",
     "saturation_level",
     "SaturationWarning",
+    "read_star_catalog",
+    "star_positions_in",
+    "stack_psf",
 ]
 
 GAIA_COLUMNS = ("source_id", "ra", "dec", "pmra", "pmdec", "ref_epoch", "phot_g_mean_mag")
@@ -61,7 +64,8 @@ def _check_size(name, size, shape=None):
 
 
 def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask=None, size=81,
-               saturation=None, deblend=False, return_segmentation=False, header=None, background=None):
+               saturation=None, deblend=False, return_segmentation=False, header=None, background=None,
+               positions=None):
     """Detect candidate PSF stars and measure what selection needs.
 
     Parameters
@@ -96,6 +100,16 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
     background : float or array, optional
         The sky already subtracted from ``data`` (so ``data + background`` is
         the frame as read, which the saturation level refers to).
+    positions : array (n, 2), optional
+        The user's star list (GalfitS's ``starcord_list`` as the catalogue):
+        0-based frame pixels ``(x, y)`` (see :func:`star_positions_in` for
+        a table with ``ra, dec``).  The catalogue is then exactly these
+        stars, one row per position in the order given (so ``drop_index``
+        counts in the user's list), each measured on the detected segment
+        under it (or the nearest segment centroid within ``max(1.5 x fwhm,
+        2)`` pixels); columns ``given_x, given_y`` and ``found`` are added,
+        and a position with no source there keeps ``found = False`` (NaN
+        measurements), which :func:`select_stars` rejects with its reason.
 
     Returns
     -------
@@ -195,9 +209,100 @@ def find_stars(data, *, fwhm, nsigma=3.0, npixels=50, sigma=None, wcs=None, mask
         t.meta["saturation"] = float(saturation)
         t.meta["saturation_source"] = sat_source
     t.meta["size"] = size
+    t.meta["shape"] = arr.shape
     if wcs is not None:
         t.meta["pixel_scale"] = pixel_scale(wcs)
+    if positions is not None:
+        t = _at_positions(t, labels, positions, fwhm)
     return (t, seg) if return_segmentation else t
+
+
+def _at_positions(t, labels, positions, fwhm):
+    """The catalogue ``t`` as one row per given ``(x, y)``: the segment under it (or the nearest, close enough)."""
+    pos = np.asarray(positions, dtype=float)
+    if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0 or not np.all(np.isfinite(pos)):
+        msg = f"positions must be a non-empty (n, 2) array of finite (x, y) pixels, got shape {pos.shape}"
+        raise ValueError(msg)
+    ny, nx = labels.shape
+    ids = np.asarray(t["id"], int)
+    tx, ty = np.asarray(t["x"], float), np.asarray(t["y"], float)
+    idx = np.full(len(pos), -1)
+    for k, (x, y) in enumerate(pos):
+        ix, iy = int(round(x)), int(round(y))
+        lab = labels[iy, ix] if 0 <= ix < nx and 0 <= iy < ny else 0
+        if lab > 0 and np.any(ids == lab):
+            idx[k] = int(np.nonzero(ids == lab)[0][0])
+        elif len(t):
+            d = np.hypot(tx - x, ty - y)
+            j = int(np.argmin(d))
+            if d[j] <= max(1.5 * float(fwhm), 2.0):
+                idx[k] = j
+    found = idx >= 0
+    if len(t):
+        out = t[np.where(found, idx, 0)]
+    else:  # nothing detected at all: every row is a position with no source
+        out = Table({c: np.zeros(len(pos), dtype=t[c].dtype) for c in t.colnames}, meta=t.meta)
+    out.meta = dict(t.meta)
+    for c in out.colnames:
+        if out[c].dtype.kind == "f":
+            out[c][~found] = np.nan
+    out["id"][~found] = -1
+    out["x"][~found], out["y"][~found] = pos[~found, 0], pos[~found, 1]
+    if "in_frame" in out.colnames:
+        out["in_frame"][~found] = False
+    out["given_x"], out["given_y"] = pos[:, 0], pos[:, 1]
+    out["found"] = found
+    out.meta["stars_from"] = "positions"
+    return out
+
+
+def star_positions_in(table, wcs=None):
+    """``(n, 2)`` 0-based frame pixels ``(x, y)`` of a star list: its ``ra, dec`` columns (with ``wcs``) or ``x, y``.
+
+    Column names are matched case-insensitively (``RA``/``DEC``,
+    ``ra_deg``/``dec_deg`` too); ``ra, dec`` (ICRS degrees) win when a
+    ``wcs`` is given, else ``x, y`` (0-based pixels) are used.
+    """
+    cols = {c.lower(): c for c in table.colnames}
+    ra = next((cols[c] for c in ("ra", "ra_deg", "raj2000") if c in cols), None)
+    dec = next((cols[c] for c in ("dec", "dec_deg", "dej2000", "decj2000") if c in cols), None)
+    if ra is not None and dec is not None and wcs is not None:
+        sc = SkyCoord(np.asarray(table[ra], float) * u.deg, np.asarray(table[dec], float) * u.deg)
+        x, y = wcs.world_to_pixel(sc)
+        return np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    if "x" in cols and "y" in cols:
+        return np.column_stack([np.asarray(table[cols["x"]], float), np.asarray(table[cols["y"]], float)])
+    if ra is not None and dec is not None:
+        msg = "the star list has ra, dec but the frame has no WCS: give x, y (0-based pixels) columns"
+        raise ValueError(msg)
+    msg = f"the star list needs ra, dec (ICRS degrees) or x, y (0-based pixels) columns, it has {table.colnames}"
+    raise ValueError(msg)
+
+
+def read_star_catalog(path):
+    """A star list file (ECSV, FITS table, CSV, ...; astropy's reader by extension) as a Table.
+
+    It must have ``ra, dec`` (ICRS degrees) or ``x, y`` (0-based frame
+    pixels) columns (see :func:`star_positions_in`).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        msg = f"star_catalog: no such file {path!r}"
+        raise FileNotFoundError(msg)
+    fmt = "ascii.csv" if path.lower().endswith(".csv") else None
+    try:
+        t = Table.read(path, format=fmt) if fmt else Table.read(path)
+    except Exception as exc:  # astropy raises many kinds for an unreadable table
+        msg = f"star_catalog: cannot read {path!r} as a table ({exc})"
+        raise ValueError(msg) from None
+    cols = {c.lower() for c in t.colnames}
+    if not ({"x", "y"} <= cols or ({"ra", "dec"} <= cols) or ({"ra_deg", "dec_deg"} <= cols)):
+        msg = f"star_catalog: {path!r} needs ra, dec (ICRS degrees) or x, y (0-based pixels) columns, has {t.colnames}"
+        raise ValueError(msg)
+    if len(t) == 0:
+        msg = f"star_catalog: {path!r} has no rows"
+        raise ValueError(msg)
+    return t
 
 
 def _windowed_shape(resid, x, y, fwhm_guess, good, niter=3):
@@ -614,17 +719,30 @@ class StarCriteria:
         Minimum axis ratio (minor / major).
     fwhm_nsigma : float
         Keep FWHM within this many robust sigmas (1.4826 MAD) of the median
-        FWHM of the stars still in.
+        FWHM of the stars still in (GalfitS ``sigfwhm``).
     fwhm_max : float or None
         Maximum FWHM, pixels.
+    fwhm_median : float or None
+        Centre of the FWHM window, pixels (GalfitS ``medianfwhm``); default
+        None: the median FWHM of the stars that pass the flux and axis-ratio
+        cuts (the window's width is always the stars' own robust sigma).
     size : int
-        Stamp size, pixels (odd).
+        Stamp size, pixels (odd): a star whose ``size x size`` box does not
+        fit inside the frame is rejected ("edge").  The isolation and
+        ``central_tol`` measurements are made by :func:`find_stars` in its
+        own ``size`` box (``gsprep prepare`` passes the same size to both).
     isolate : float
         Maximum fraction of the stamp's source flux belonging to other sources.
     central_tol : int
         Maximum number of bad pixels within ``0.25 * size`` of the centre.
     drop : tuple
-        Star ids to drop by hand.
+        Star ids (the catalogue's ``id`` column, the segment label) to drop
+        by hand.
+    drop_index : tuple
+        0-based row indices of the catalogue passed to :func:`select_stars`
+        (the table :func:`find_stars` returns, in its order; with
+        ``find_stars(positions=...)`` the order of the user's list), to drop
+        by hand: GalfitS's ``droppsf`` gives indices into the catalogue shown.
     gaia_radius : float or None
         Reference match radius, arcsec (default 1.5 x FWHM, from the
         catalogue's ``meta``).
@@ -653,6 +771,8 @@ class StarCriteria:
     isolate: float = 0.1
     central_tol: int = 0
     drop: tuple = field(default_factory=tuple)
+    drop_index: tuple = field(default_factory=tuple)
+    fwhm_median: float | None = None
     gaia_radius: float | None = None
     starcord_list: tuple | None = None
     saturation: float | None = None
@@ -672,6 +792,8 @@ class StarCriteria:
         put("isolate", check_nonnegative("isolate", self.isolate))
         put("central_tol", check_integer("central_tol", self.central_tol, lower=0))
         put("drop", _star_ids(self.drop))
+        put("drop_index", _star_ids(self.drop_index, "drop_index", "0-based row indices", lower=0))
+        put("fwhm_median", check_positive("fwhm_median", self.fwhm_median, allow_none=True))
         put("gaia_radius", check_positive("gaia_radius", self.gaia_radius, allow_none=True))
         put("starcord_list", _star_positions(self.starcord_list))
         put("saturation", check_positive("saturation", self.saturation, allow_none=True))
@@ -679,13 +801,13 @@ class StarCriteria:
         put("companion_max", check_positive("companion_max", self.companion_max))
 
 
-def _star_ids(drop):
-    """``drop`` as a tuple of ints: a sequence of star ids, not one number or a string."""
-    msg = f"drop must be a sequence of star ids (integers), e.g. (3, 17), got {drop!r}"
+def _star_ids(drop, name="drop", what="star ids", lower=None):
+    """``drop`` as a tuple of ints: a sequence of star ids (or row indices), not one number or a string."""
+    msg = f"{name} must be a sequence of {what} (integers), e.g. (3, 17), got {drop!r}"
     if isinstance(drop, (str, bytes)) or not np.iterable(drop):
         raise TypeError(msg)
     try:
-        return tuple(check_integer("drop", v) for v in drop)
+        return tuple(check_integer(name, v, lower=lower) for v in drop)
     except (TypeError, ValueError):
         raise TypeError(msg) from None
 
@@ -717,7 +839,7 @@ class NoStarsError(ValueError):
 
 
 SELECT_COLUMNS = ("id", "flux", "q", "fwhm", "isolation", "central_bad")
-STAGES = ("detected", "reference", "flux", "saturated", "blend", "shape", "fwhm", "isolation", "edge", "central",
+STAGES = ("detected", "catalog", "reference", "flux", "saturated", "blend", "shape", "fwhm", "isolation", "edge", "central",
           "drop")
 
 
@@ -781,6 +903,15 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
 
     stage.alive = lambda: alive
 
+    bad_index = [i for i in crit.drop_index if i >= n]
+    if bad_index:
+        msg = f"criteria.drop_index {bad_index} out of range: the catalogue has {n} rows (0-based indices)"
+        raise ValueError(msg)
+    if "found" in t.colnames:  # the user's star list (find_stars(positions=...)): no source at some positions
+        found = np.asarray(t["found"], bool)
+        gx = np.asarray(t["given_x"], float) if "given_x" in t.colnames else np.asarray(t["x"], float)
+        gy = np.asarray(t["given_y"], float) if "given_y" in t.colnames else np.asarray(t["y"], float)
+        stage("catalog", found, lambda i: f"no source detected at the given position ({gx[i]:.1f}, {gy[i]:.1f})")
     ref = reference
     if crit.starcord_list is not None:
         sc = np.atleast_2d(np.asarray(crit.starcord_list, dtype=float))
@@ -811,6 +942,8 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
     if live.size:
         med = float(np.median(live))
         rs = max(1.4826 * float(np.median(np.abs(live - med))), 0.02 * med)
+        if crit.fwhm_median is not None:  # GalfitS medianfwhm: the window's centre given, its width the stars'
+            med = crit.fwhm_median
         lo, hi = med - crit.fwhm_nsigma * rs, med + crit.fwhm_nsigma * rs
         if crit.fwhm_max is not None:
             hi = min(hi, crit.fwhm_max)
@@ -845,12 +978,20 @@ def select_stars(catalog, criteria=None, *, reference=None, epoch=None):
     stage("isolation", iso <= crit.isolate,
           lambda i: f"not isolated: {iso[i]:.2f} of the stamp's flux from other sources > {crit.isolate:g}")
     inside = np.asarray(t["in_frame"], bool) if "in_frame" in t.colnames else np.ones(n, bool)
-    stage("edge", inside, lambda i: "stamp does not fit inside the frame")
+    shape = t.meta.get("shape")
+    if shape is not None and crit.size != t.meta.get("size"):  # the criteria's stamp size, not find_stars' box
+        h = crit.size // 2
+        ix = np.round(np.nan_to_num(np.asarray(t["x"], float), nan=-1e9))
+        iy = np.round(np.nan_to_num(np.asarray(t["y"], float), nan=-1e9))
+        inside = (ix - h >= 0) & (iy - h >= 0) & (ix + h < shape[1]) & (iy + h < shape[0])
+    stage("edge", inside, lambda i: "stamp does not fit inside the frame"
+          + ("" if crit.size == t.meta.get("size") else f" ({crit.size} px)"))
     cb = np.asarray(t["central_bad"], int)
     stage("central", cb <= crit.central_tol,
           lambda i: f"{cb[i]} bad/saturated central pixels > central_tol={crit.central_tol}")
-    ids = set(crit.drop)
-    stage("drop", [int(v) not in ids for v in t["id"]], lambda i: "dropped by hand")
+    ids, rows = set(crit.drop), set(crit.drop_index)
+    stage("drop", [int(v) not in ids and i not in rows for i, v in enumerate(t["id"])],
+          lambda i: f"dropped by hand (row {i})" if i in rows else "dropped by hand")
     t["selected"] = alive
     t["reason"] = np.asarray(reason, dtype=str)
     t.meta["funnel"] = funnel
@@ -1007,3 +1148,68 @@ def extract_stamps(data, sigma, catalog, size, *, mask=None, segmentation=None, 
         origins[k] = (x0, y0)
     out_d[out_m] = np.where(np.isfinite(out_d[out_m]), out_d[out_m], 0.0)
     return Stamps(out_d, out_s, out_m, pos, ids, origins)
+
+
+# --------------------------------------------------------------------------
+# a plain stack (GalfitS's makestackpsf)
+
+
+def stack_psf(stamps, *, method="median", border=2):
+    """A plain normalised stack of the star stamps: GalfitS's ``makestackpsf`` alternative PSF.
+
+    Each stamp has its local sky (the median of its unmasked pixels within
+    ``border`` pixels of the edge) removed and is scaled to unit flux (sum
+    of its unmasked pixels); the stamps are then combined pixel by pixel
+    (``"median"`` or ``"mean"``, masked pixels left out) and the result is
+    renormalised to sum 1.  There is no sub-pixel recentring (each stamp is
+    centred on its star's nearest pixel), so the stack is broader than the
+    fitted PSF by up to half a pixel of jitter: a quick look or a fallback,
+    not a replacement for :func:`gsprep.fit_epsf`.
+
+    Parameters
+    ----------
+    stamps : Stamps
+        From :func:`extract_stamps`.
+    method : {"median", "mean"}
+    border : int
+        Width of the sky frame, pixels.
+
+    Returns
+    -------
+    ndarray (size, size)
+        Native-pixel PSF, sum 1, float64.
+    """
+    from ._checks import check_choice
+
+    check_choice("method", method, ("median", "mean"))
+    data = np.asarray(stamps.data, dtype=float)
+    bad = np.asarray(stamps.mask, bool) | ~np.isfinite(data)
+    if data.ndim != 3 or len(data) == 0:
+        msg = f"stamps must hold at least one (size, size) stamp, got data of shape {data.shape}"
+        raise ValueError(msg)
+    size = data.shape[-1]
+    border = check_integer("border", border, lower=1, upper=size // 2)
+    edge = np.zeros((size, size), bool)
+    edge[:border], edge[-border:], edge[:, :border], edge[:, -border:] = True, True, True, True
+    norm = np.full(data.shape, np.nan)
+    for k in range(len(data)):
+        good = ~bad[k]
+        sky_pix = data[k][edge & good]
+        img = data[k] - (float(np.median(sky_pix)) if sky_pix.size else 0.0)
+        flux = float(img[good].sum())
+        if good.any() and flux > 0:
+            norm[k] = np.where(good, img / flux, np.nan)
+    if not np.isfinite(norm).any():
+        msg = "no stamp has positive flux on its unmasked pixels: nothing to stack"
+        raise ValueError(msg)
+    import warnings
+
+    with warnings.catch_warnings():  # pixels masked in every stamp: all-NaN slices, set to 0 below
+        warnings.filterwarnings("ignore", r"All-NaN slice|Mean of empty slice", RuntimeWarning)
+        out = np.nanmedian(norm, axis=0) if method == "median" else np.nanmean(norm, axis=0)
+    out = np.where(np.isfinite(out), out, 0.0)
+    total = out.sum()
+    if not total > 0:
+        msg = "the stacked stamps sum to zero or less: nothing to normalise"
+        raise ValueError(msg)
+    return out / total
