@@ -382,7 +382,8 @@ def build_parser():
     ps.add_argument("--unit", default=None, choices=["cR", "counts"],
                     help="data unit: count rate (counts/s) or counts (default: cR) or, with --preset, the preset's")
     ps.add_argument("--preset", default=None,
-                    help="survey file layout: jwst_i2d, hst_drz, hst_drc, legacy, sdss_frame, 2mass or mef; its "
+                    help="survey file layout: jwst_i2d, hst_drz, hst_drc, legacy, sdss_frame, 2mass or mef, or auto "
+                         "(detected from the headers, said in one line); its "
                          "noise and DQ maps, exposure time, gain and units are used (the flags above win; default: none, the frame read as given)")
     ps.add_argument("--exptime", type=float, default=None,
                     help="exposure time, s (default: EXPTIME from the header; needed for --unit cR)")

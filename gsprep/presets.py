@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import warnings
 
 import numpy as np
@@ -62,6 +63,7 @@ __all__ = [
     "PresetWarning",
     "apply_presets",
     "check_preset",
+    "detect_preset",
     "has_noise_map",
     "preset_bad",
     "preset_noise",
@@ -79,6 +81,7 @@ PRESETS = {
     "sdss_frame": "SDSS frame-B-RUN-CAMCOL-FIELD.fits: nanomaggies; calibration vector HDU 1, sky HDU 2",
     "2mass": "2MASS Atlas Image: DN, MAGZP",
     "mef": "generic multi-extension file: SCI (or the first image), ERR/VAR/IVAR/WHT and DQ by EXTNAME",
+    "auto": "detected from the file's headers (detect_preset): one of the above, or none (the frame read as given)",
 }
 
 #: JWST DQ flags (jwst pipeline, "Data Quality Flags"): name -> bit value
@@ -386,6 +389,74 @@ def _mef(lay, spec):
     return out, notes, noise_notes
 
 
+def _detect(lay):
+    """``(preset, why)`` from a file's headers and layout, or ``(None, why_not)`` (see :func:`detect_preset`)."""
+    base = os.path.basename(lay.path)
+    idx = sorted(set(lay.images) | {0})
+
+    def val(key):
+        """``(hdu, value)`` of the first header (primary first) with a string ``key``, else ``(None, "")``."""
+        for i in idx:
+            v = lay.headers[i].get(key)
+            if isinstance(v, str) and v.strip():
+                return i, v.strip()
+        return None, ""
+
+    def has(key):
+        return any(key in lay.headers[i] for i in idx)
+
+    _, tel = val("TELESCOP")
+    _, origin = val("ORIGIN")
+    tel_u, origin_u = tel.upper(), origin.upper()
+    sci = lay.find("SCI")
+    if tel_u.startswith("JWST") and sci is not None and (lay.find("ERR") is not None or has("PIXAR_SR")):
+        what = " and ".join(w for w, ok in (("ERR", lay.find("ERR") is not None), ("PIXAR_SR", has("PIXAR_SR"))) if ok)
+        return "jwst_i2d", f"TELESCOP = {tel!r} with SCI and {what}"
+    if tel_u == "HST" and (sci is not None or has("PHOTFLAM")) and (lay.find("WHT") is not None or has("PHOTFLAM")):
+        _, fname = val("FILENAME")
+        drc = (fname or base).lower().replace(".gz", "").replace(".fits", "").endswith("_drc")
+        what = " and ".join(w for w, ok in (("WHT", lay.find("WHT") is not None), ("PHOTFLAM", has("PHOTFLAM")))
+                            if ok)
+        src = f"FILENAME = {fname!r}" if fname else f"file name {base!r}"
+        return ("hst_drc" if drc else "hst_drz"), f"TELESCOP = 'HST' with {what} ({src})"
+    if "SDSS" in tel_u or origin_u == "SDSS" or (has("NMGY") and len(lay.headers) >= 3):
+        key = (f"TELESCOP = {tel!r}" if "SDSS" in tel_u else f"ORIGIN = {origin!r}" if origin_u == "SDSS"
+               else "NMGY with HDU 1 and HDU 2")
+        return "sdss_frame", key
+    if "2MASS" in origin_u or "2MASS" in tel_u:
+        key = f"ORIGIN = {origin!r}" if "2MASS" in origin_u else f"TELESCOP = {tel!r}"
+        return "2mass", key + (" with MAGZP" if has("MAGZP") else "")
+    if re.match(r"^legacysurvey-.+-image-.+\.fits", base):
+        return "legacy", f"the file name {base!r} (legacysurvey-BRICK-image-BAND)"
+    for key in ("LEGPIPEV", "BRICKNAM"):
+        if has(key):
+            return "legacy", f"{key} (a Legacy Surveys header)"
+    _, survey = val("SURVEY")
+    if survey.upper() in ("DECALS", "BASS", "MZLS", "DES", "DECAM", "LS"):
+        return "legacy", f"SURVEY = {survey!r}"
+    if len(lay.images) > 1:
+        names = ", ".join(lay.names[i] or str(i) for i in lay.images)
+        return "mef", f"{len(lay.images)} image extensions ({names})"
+    why = f"TELESCOP = {tel!r}" if tel else "no TELESCOP"
+    return None, f"{why}, one image HDU, no survey keywords"
+
+
+def detect_preset(path):
+    """The preset a file's headers point to and why: ``(name, reason)``, or ``(None, reason)`` when none.
+
+    ``preset = "auto"`` (TOML) and ``gsprep psf --preset auto`` use it.  In
+    order: ``TELESCOP = 'JWST'`` with ``SCI`` and ``ERR`` or ``PIXAR_SR``:
+    ``jwst_i2d``; ``TELESCOP = 'HST'`` with ``SCI``/``WHT`` or ``PHOTFLAM``:
+    ``hst_drc`` when ``FILENAME`` (else the file name) ends in ``_drc``,
+    else ``hst_drz``; ``TELESCOP`` naming SDSS, ``ORIGIN = 'SDSS'``, or
+    ``NMGY`` with HDUs 1 and 2: ``sdss_frame``; ``ORIGIN``/``TELESCOP``
+    naming 2MASS: ``2mass``; a ``legacysurvey-BRICK-image-BAND`` file name,
+    ``LEGPIPEV``/``BRICKNAM``, or ``SURVEY`` = a Legacy Surveys survey:
+    ``legacy``; several image extensions: ``mef``; else None.
+    """
+    return _detect(_Layout.read(path))
+
+
 _RULES = {"jwst_i2d": _jwst, "hst_drz": _hst, "hst_drc": _hst, "legacy": _legacy, "sdss_frame": _sdss,
           "2mass": _2mass, "mef": _mef}
 
@@ -417,7 +488,18 @@ def resolve_band(spec, band="band"):
         lay = _Layout.read(spec.file)
     except (OSError, ValueError, TypeError):
         return dataclasses.replace(spec, hdu=0 if spec.hdu is None else spec.hdu,
-                                   unit="cR" if spec.unit is None else spec.unit, preset_notes=())
+                                   unit="cR" if spec.unit is None else spec.unit, preset_notes=(),
+                                   preset=None if spec.preset == "auto" else spec.preset)
+    detected = []
+    if spec.preset == "auto":
+        name, why = _detect(lay)
+        if name is None:
+            warnings.warn(f"band {band} ({os.path.basename(lay.path)}): preset \"auto\": no preset detected ({why}); "
+                          "the frame is read as given", PresetWarning, stacklevel=2)
+            return dataclasses.replace(spec, preset=None, hdu=0 if spec.hdu is None else spec.hdu,
+                                       unit="cR" if spec.unit is None else spec.unit, preset_notes=())
+        spec = dataclasses.replace(spec, preset=name)
+        detected = [f"preset {name} detected from {why}"]
     out, notes, noise_notes = _RULES[spec.preset](lay, spec)
     own_noise = spec.noise is not None or spec.noise_hdu is not None
     own_dq = spec.dq is not None or spec.dq_hdu is not None
@@ -459,7 +541,7 @@ def resolve_band(spec, band="band"):
     computed = not own_noise and "noise_hdu" not in fill and "noise" not in fill and spec.preset != "sdss_frame"
     if computed and (spec.unit or fill.get("unit")) == "cR" and spec.exptime is None and "exptime" not in fill:
         notes.append("no exposure time in the headers (the computed sigma image needs one); give exptime = SECONDS")
-    notes = notes + noise_notes
+    notes = detected + notes + noise_notes
     fill.setdefault("hdu", spec.hdu if spec.hdu is not None else 0)
     fill.setdefault("unit", spec.unit if spec.unit is not None else "cR")
     if spec.hdu is not None:

@@ -1,0 +1,103 @@
+"""Issue 13, last pieces: the preset detected from the header (``preset = "auto"``), the sky-subtracted frame on
+request (GalfitS's ``sky_subtraction(..., filepath=)``) and a per-region sky whose split is found from a step
+(``sky_regions = "auto"``)."""
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from gsprep.io import AssumptionWarning
+from gsprep.presets import PresetWarning, detect_preset
+
+from .test_presets import BADPIX, DEC, RA, R, hst_file, run, scene, sdss_file, warned, wcs_header
+
+N = 40
+
+
+# --------------------------------------------------------------------------
+# 1. preset = "auto"
+
+
+def jwst_file(folder, name="jw_i2d.fits", telescop="JWST"):
+    pixar = 2.29e-14
+    sci = scene(level=0.5)
+    err = 0.02 + 0.001 * np.arange(N)[None, :] + 0.0 * sci
+    dq = np.zeros((N, N), np.int32)
+    dq[BADPIX] = 1
+    h = wcs_header()
+    h["BUNIT"], h["PIXAR_SR"] = "MJy/sr", pixar
+    prim = fits.PrimaryHDU()
+    prim.header["TELESCOP"], prim.header["EFFEXPTM"] = telescop, 1288.4
+    fits.HDUList([prim, fits.ImageHDU(sci.astype(np.float32), h, name="SCI"),
+                  fits.ImageHDU(err.astype(np.float32), name="ERR"), fits.ImageHDU(dq, name="DQ"),
+                  fits.ImageHDU(np.ones((N, N), np.float32), name="WHT")]).writeto(folder / name)
+    return name, err, 8.90 - 2.5 * math.log10(1e6 * pixar)
+
+
+def test_detect_preset_from_each_layout(tmp_path):
+    assert detect_preset(tmp_path / jwst_file(tmp_path)[0])[0] == "jwst_i2d"
+    for kind in ("hst_drz", "hst_drc"):
+        name, *_ = hst_file(tmp_path, kind)
+        got, why = detect_preset(tmp_path / name)
+        assert got == kind and "TELESCOP = 'HST'" in why
+    name, *_ = sdss_file(tmp_path)
+    assert detect_preset(tmp_path / name) == ("sdss_frame", "ORIGIN = 'SDSS'")
+    h = wcs_header()
+    h.update(MAGZP=20.8, TELESCOP="2MASS")
+    fits.PrimaryHDU(scene().astype(np.float32), h).writeto(tmp_path / "ki.fits")
+    assert detect_preset(tmp_path / "ki.fits")[0] == "2mass"
+    fits.PrimaryHDU(scene().astype(np.float32), wcs_header()).writeto(tmp_path / "legacysurvey-0001m002-image-g.fits")
+    assert detect_preset(tmp_path / "legacysurvey-0001m002-image-g.fits")[0] == "legacy"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(scene().astype(np.float32), name="IMG"),
+                  fits.ImageHDU(np.ones((N, N), np.float32), name="VAR")]).writeto(tmp_path / "m.fits")
+    assert detect_preset(tmp_path / "m.fits")[0] == "mef"
+    fits.PrimaryHDU(scene().astype(np.float32), wcs_header()).writeto(tmp_path / "plain.fits")
+    assert detect_preset(tmp_path / "plain.fits")[0] is None
+    # a JWST-named telescope alone, without the i2d layout, is not an i2d
+    fits.PrimaryHDU(scene().astype(np.float32), fits.Header({"TELESCOP": "JWST"})).writeto(tmp_path / "j1.fits")
+    assert detect_preset(tmp_path / "j1.fits")[0] is None
+
+
+def test_auto_preset_gives_the_detected_presets_products_and_says_so_in_one_line(tmp_path):
+    name, err, want_zp = jwst_file(tmp_path)
+    _, sig, mask, bits, o, zp, caught = run(tmp_path, "f200w", "auto", name)
+    ok = mask == 0
+    np.testing.assert_allclose(sig[ok], err[o[0]: o[0] + sig.shape[0], o[1]: o[1] + sig.shape[1]][ok], rtol=1e-6)
+    assert zp == pytest.approx(round(want_zp, 4), abs=1e-4)
+    said = warned(caught, PresetWarning)
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "preset jwst_i2d detected from TELESCOP = 'JWST' with SCI and ERR and PIXAR_SR" in said[0]
+
+
+def test_auto_preset_on_a_plain_frame_reads_it_as_given(tmp_path):
+    data = scene(level=1.0, sky=5.0)
+    h = wcs_header()
+    h.update(EXPTIME=100.0, GAIN=2.0, MAGZP=25.0)
+    fits.PrimaryHDU(data.astype(np.float32), h).writeto(tmp_path / "f.fits")
+    p, _, _, _, _, zp, caught = run(tmp_path, "sloan_g", "auto", "f.fits")
+    said = warned(caught, AssumptionWarning)
+    assert len(said) == 1 and "no preset detected" in said[0] and "read as given" in said[0]
+    assert zp == 25.0 and p.error is None
+
+
+def test_cli_psf_preset_auto(tmp_path, monkeypatch, capsys):
+    from gsprep.cli import main
+
+    name, _, _ = jwst_file(tmp_path)
+    seen = {}
+
+    def stop(img, **kw):
+        seen.update(data=img.data, bad=kw["bad"])
+        raise ValueError("stopped after the sky mask")
+
+    monkeypatch.setattr("gsprep.pipeline.frame_sky", stop)
+    argv = ["psf", str(tmp_path / name), "--fwhm", "2.5", "--out", str(tmp_path / "p.fits"), "--preset", "auto",
+            "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert sum("preset jwst_i2d detected from TELESCOP = 'JWST'" in line for line in err) == 1
+    assert seen["data"].shape == (N, N) and seen["bad"][BADPIX] and seen["bad"].sum() == 1
