@@ -104,6 +104,7 @@ class PrepareConfig:
     psf: bool = True
     require_target: bool = True
     lyric_psf: str = "native"
+    write_sky_subtracted: bool = False
     redshift: float | None = None
     criteria: StarCriteria = field(default_factory=lambda: StarCriteria(size=25))
     x: float | None = None

@@ -11,8 +11,8 @@ from .galfits import galfits_filter, header_zeropoint, image_block, lyric_text
 from .io import atomic_write, write_cutout, write_psf
 from .wcs import STANDIN_CRVAL, StandInWCSWarning
 
-__all__ = ["check_out_dir", "galfits_block", "product_paths", "write_products", "write_stack_psf",
-           "write_star_stamps"]
+__all__ = ["check_out_dir", "galfits_block", "product_paths", "write_products", "write_sky_subtracted",
+           "write_stack_psf", "write_star_stamps"]
 
 
 def galfits_block(letter, band, cut_file, psf_file, oversampling, r, zeropoint=None, unit="cR"):
@@ -41,6 +41,8 @@ def product_paths(config, out_dir, *, figures=True):
             paths.append(f"{stem}_{band}_stackpsf.fits")
         if not getattr(config, "psf_fit", True):
             paths.append(f"{stem}_{band}_stars.fits")
+        if getattr(config, "write_sky_subtracted", False):
+            paths.append(f"{stem}_{band}_skysub.fits")
         if figures:
             paths += [f"{stem}_{band}_{fig}.png" for fig in ("sky", "cutout", "funnel", "stars", "psf")]
     return paths
@@ -60,6 +62,40 @@ def check_out_dir(config, out_dir, *, figures=True, overwrite=False):
         msg = (f"out: {out_dir!r} already holds products of {config.name} ({', '.join(there[:3])}{more}); "
                "pass overwrite=True to replace them")
         raise FileExistsError(msg)
+
+
+_STRUCTURAL = ("XTENSION", "SIMPLE", "EXTEND", "PCOUNT", "GCOUNT", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3",
+               "BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZTILE1", "ZTILE2",
+               "ZCMPTYPE", "ZQUANTIZ")
+
+
+def write_sky_subtracted(path, image, sky, *, overwrite=False):
+    """Write the frame minus its fitted sky (GalfitS's ``sky_subtraction(..., filepath=)``), atomically.
+
+    One primary HDU, float32: ``image.data - sky.background`` with the
+    frame's own header (its WCS kept, whatever the convention) plus the
+    provenance cards ``SKYSUB``, ``SKYORD`` (polynomial order), ``SKYMETH``
+    (``poly``, ``median``, ``mesh``, ``poly/regions``) and, for a
+    per-region sky, ``SKYREG`` (the boxes ``x0:x1,y0:y1``, 0-based, end
+    excluded).
+    """
+    from astropy.io import fits
+
+    header = image.header.copy() if image.header is not None else fits.Header()
+    for key in _STRUCTURAL:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    for key in [k for k in header if k.startswith(("ZNAXIS", "ZTILE", "ZNAME", "ZVAL"))]:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    header["SKYSUB"] = (True, "gsprep: frame minus its fitted sky")
+    header["SKYORD"] = (int(sky.order), "sky polynomial order")
+    header["SKYMETH"] = (str(sky.method), "sky method")
+    boxes = getattr(sky, "regions", None)
+    if boxes:
+        header["SKYREG"] = (" ".join(f"{b[0]}:{b[1]},{b[2]}:{b[3]}" for b in boxes), "sky regions x0:x1,y0:y1")
+    data = (np.asarray(image.data, float) - np.asarray(sky.background, float)).astype(np.float32)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        fits.PrimaryHDU(data, header).writeto(tmp, overwrite=True, output_verify="silentfix")
+    return path
 
 
 def write_stack_psf(path, psf, *, nstars, method="median", overwrite=False):
@@ -144,6 +180,9 @@ def write_products(products, config, images, out_dir, *, figures=True, overwrite
                                      "MASKNSIG": (config.mask_nsigma, "mask detection threshold"),
                                      "BAND": band})
         files.append(cut_file)
+        if getattr(config, "write_sky_subtracted", False):  # GalfitS's sky_subtraction(..., filepath=)
+            files.append(write_sky_subtracted(os.path.join(out_dir, f"{config.name}_{band}_skysub.fits"),
+                                              images[band], p.sky, overwrite=overwrite))
         psf_file = os.path.join(out_dir, f"{config.name}_{band}_psf.fits")
         psf_ref = None
         if p.psf is not None:

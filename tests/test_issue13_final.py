@@ -101,3 +101,43 @@ def test_cli_psf_preset_auto(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert sum("preset jwst_i2d detected from TELESCOP = 'JWST'" in line for line in err) == 1
     assert seen["data"].shape == (N, N) and seen["bad"][BADPIX] and seen["bad"].sum() == 1
+
+
+# --------------------------------------------------------------------------
+# 2. the sky-subtracted frame on request (GalfitS sky_subtraction(..., filepath=))
+
+
+def prepare_plain(folder, options=""):
+    from gsprep.pipeline import load_config, run_target
+
+    y, x = np.mgrid[:N, :N]
+    data = scene(level=1.0, sky=5.0) + 0.05 * x - 0.03 * y
+    h = wcs_header()
+    h.update(EXPTIME=100.0, GAIN=2.0, MAGZP=25.0, OBSERVER="someone")
+    fits.PrimaryHDU(data.astype(np.float32), h).writeto(folder / "f.fits")
+    (folder / "c.toml").write_text(f'[target]\nname = "t"\nra = {RA}\ndec = {DEC}\nr = {R}\n[options]\nsky_order = 1\n'
+                                   f'psf = false\nrequire_target = false\n{options}'
+                                   '[bands.sloan_g]\nfile = "f.fits"\nfwhm = 2.5\n')
+    return data.astype(np.float32).astype(float), run_target(load_config(str(folder / "c.toml")), folder / "out",
+                                                            figures=False)
+
+
+def test_sky_subtracted_frame_on_request(tmp_path):
+    from astropy.wcs import WCS
+
+    data, tr = prepare_plain(tmp_path, "write_sky_subtracted = true\n")
+    assert tr.ok, tr.errors
+    path = tmp_path / "out" / "t_sloan_g_skysub.fits"
+    assert str(path) in tr.written["sloan_g"]
+    with fits.open(path) as h:
+        assert len(h) == 1
+        sub, hdr = np.asarray(h[0].data, float), h[0].header
+    np.testing.assert_allclose(sub, data - tr.products["sloan_g"].sky.background, atol=1e-4)
+    assert hdr["SKYORD"] == 1 and hdr["SKYMETH"] == "poly" and hdr["OBSERVER"] == "someone"
+    parent = WCS(wcs_header())
+    assert WCS(hdr).wcs.compare(parent.wcs)  # the frame's WCS, kept
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".gsprep-")]  # written atomically
+    # off by default
+    data, tr = prepare_plain(tmp_path / "x" if (tmp_path / "x").mkdir() is None else None)
+    assert tr.ok and not any(p.endswith("_skysub.fits") for p in tr.written["sloan_g"])
+    assert not (tmp_path / "x" / "out" / "t_sloan_g_skysub.fits").exists()
