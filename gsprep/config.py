@@ -69,6 +69,7 @@ class BandSpec:
     preset: str | None = None
     preset_notes: tuple | None = None
     spcorrection: tuple | None = None  # GalfitS img_cut spcorrection: (east, north) arcsec added to the target
+    cut_center: tuple | None = None  # GalfitS img_cut cutposition: the cut centred on this frame pixel (x, y)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class PrepareConfig:
     gaia: bool = False  # match the detected stars against Gaia DR3 (network; cached)
     psf_fit: bool = True  # false (GalfitS notfit): select and stamp, write the stars file, fit no PSF
     stack_psf: str | None = None  # "median" / "mean" (GalfitS makestackpsf): NAME_BAND_stackpsf.fits
+    recenter: str | None = None  # "peak" (GalfitS img_cut usemaxpix): the cut centred on the brightest pixel near
+    target_radius: float | None = None  # GalfitS generate_cutmask source_dia: the target's segment within this (px)
 
 
 _TARGET_KEYS = {"name", "ra", "dec", "x", "y", "r", "redshift"}
@@ -288,6 +291,8 @@ _OPTION_CHECKS = {
     "star_catalog": lambda v: _checked_path("star_catalog", v),
     "stars_from": lambda v: check_choice("stars_from", v, ("detected", "catalog")),
     "stack_psf": lambda v: _checked_stack(v),
+    "recenter": lambda v: check_choice("recenter", v, ("peak",)),
+    "target_radius": lambda v: check_positive("target_radius", v),
 }
 
 
@@ -307,12 +312,12 @@ def _checked_stack(v):
     return check_choice("stack_psf", v, ("median", "mean"))
 
 
-def _checked_spcorrection(v):
-    """``spcorrection = [east, north]`` arcsec (GalfitS ``img_cut``'s sky-position correction)."""
+def _checked_spcorrection(v, key="spcorrection", what="[east, north] in arcsec"):
+    """``spcorrection = [east, north]`` arcsec (GalfitS ``img_cut``'s sky-position correction), or another pair."""
     ok = (isinstance(v, (list, tuple)) and len(v) == 2
           and all(isinstance(q, (int, float)) and not isinstance(q, bool) and np.isfinite(q) for q in v))
     if not ok:
-        msg = f"spcorrection must be [east, north] in arcsec (two numbers), got {v!r}"
+        msg = f"{key} must be {what} (two numbers), got {v!r}"
         raise TypeError(msg)
     return (float(v[0]), float(v[1]))
 
@@ -373,6 +378,9 @@ def _checked_band(spec):
     spec = _checked_maps(spec)
     if spec.spcorrection is not None:
         spec = dataclasses.replace(spec, spcorrection=_checked_spcorrection(spec.spcorrection))
+    if spec.cut_center is not None:
+        spec = dataclasses.replace(spec, cut_center=_checked_spcorrection(spec.cut_center, "cut_center",
+                                                                          "[x, y] in 0-based frame pixels"))
     return dataclasses.replace(spec, fwhm=float(spec.fwhm),
                                exptime=check_positive("exptime", spec.exptime, allow_none=True),
                                gain=check_positive("gain", spec.gain, allow_none=True),

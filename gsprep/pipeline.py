@@ -264,7 +264,7 @@ def frame_sky(image, *, fwhm, order, nsigma=3.0, max_grow=100.0, method="poly", 
     keep_out = sky_mask(image.data, fwhm=fwhm, nsigma=nsigma, max_grow=max_grow)
     if bad is not None:
         keep_out = keep_out | bad
-    sky = fit_sky(image.data, keep_out, order=order, method=method, box=box, regions=regions)
+    sky = fit_sky(image.data, keep_out, order=order, method=method, box=box, regions=regions, label=label)
     sky_residual_check(image.data, sky, keep_out, label=label)
     return sky, keep_out
 
@@ -393,6 +393,35 @@ def _psf_at_target(res, cut):
     return dataclasses.replace(res, psf=np.asarray(res.psf_at(x, y)))
 
 
+def _band_cut(clean, config, target, spec):
+    """A band's cutout: GalfitS ``img_cut``'s ``usemaxpix`` (``config.recenter``), ``spcorrection`` and
+    ``cutposition`` (``spec.cut_center``: the cut centred on that frame pixel, the target kept where it is)."""
+    recenter = getattr(config, "recenter", None)
+    target = dict(target, recenter=recenter) if recenter is not None else target
+    cut = _corrected_cut(clean, config.r, target, getattr(spec, "spcorrection", None))
+    centre = getattr(spec, "cut_center", None)
+    if centre is None:
+        return cut
+    box = cutout(clean, wcs=target.get("wcs"), x=float(centre[0]), y=float(centre[1]), r=config.r,
+                 pixel_scale=target.get("pixel_scale"))
+    cx = cut.origin[0] + cut.center[0] - box.origin[0]  # the target's pixel in the new cut
+    cy = cut.origin[1] + cut.center[1] - box.origin[1]
+    size = box.data.shape[-1]
+    if not (0 <= cx <= size - 1 and 0 <= cy <= size - 1):
+        msg = (f"cut_center ({centre[0]:g}, {centre[1]:g}): the target (frame pixel x={cut.origin[0] + cut.center[0]:.1f}, "
+               f"y={cut.origin[1] + cut.center[1]:.1f}) falls outside the {size} x {size} cut centred there")
+        raise ValueError(msg)
+    wcs = box.wcs
+    if wcs is not None and cut.wcs is not None and getattr(spec, "spcorrection", None) is not None:
+        import copy
+
+        wcs = copy.deepcopy(wcs)  # the same correction as the target's cut: shift by its CRVAL change
+        wcs.wcs.crval = np.asarray(wcs.wcs.crval, float) + (np.asarray(cut.wcs.wcs.crval, float)
+                                                            - np.asarray(target["wcs"].wcs.crval, float))
+        wcs.wcs.set()
+    return dataclasses.replace(box, wcs=wcs, center=(float(cx), float(cy)), ra=cut.ra, dec=cut.dec)
+
+
 def _corrected_cut(clean, r, target, correction):
     """The cutout; with ``correction = (east, north)`` arcsec (GalfitS ``spcorrection``) the cut is centred on
     the corrected position and its WCS shifted so that pixel carries the nominal ``(ra, dec)``."""
@@ -427,7 +456,7 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
     whose ``stars(band)`` replaces the star search.
     """
     clean = image.data - sky.background
-    cut = _corrected_cut(clean, config.r, target, getattr(spec, "spcorrection", None))
+    cut = _band_cut(clean, config, target, spec)
     sig_full = _sigma_full(clean, sky, spec, exptime, gain, maps)
     bad_cut = user_cut = np.zeros(cut.data.shape[-2:], bool)
     if maps is not None:
@@ -438,6 +467,7 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
         mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
                            deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
                            magnification=config.magnification, detection=config.mask_detection,
+                           target_radius=getattr(config, "target_radius", None),
                            bad=~(sig > 0) | user_cut, require_target=config.require_target)
     except TargetNotFoundError:
         nsig = "default" if config.mask_nsigma is None else f"{config.mask_nsigma:g}"
@@ -518,7 +548,7 @@ def _skies_fit(frames, masks, order, stack, **kw):
                 continue
         for b in bands:
             try:
-                out[b] = fit_sky(frames[b], masks[b], order=order, **kw)
+                out[b] = fit_sky(frames[b], masks[b], order=order, label=f"band {b}", **kw)
             except ValueError as exc:
                 out[b] = exc
     return out

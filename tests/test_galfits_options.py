@@ -315,3 +315,44 @@ def test_prepare_gaia_matches_the_stars_without_network(tmp_path, field, monkeyp
     assert len(sel) == 2
     assert sorted(np.round(sel["x"]).astype(int)) == sorted(int(p[0]) for p in keep)
     assert any(r.startswith("no reference star within") for r in stars["reason"])
+
+
+# --------------------------------------------------------------------------
+# img_cut cutposition (cut_center) and usemaxpix (recenter); generate_cutmask source_dia (target_radius)
+
+
+def test_cut_center_moves_the_cut_and_keeps_the_target(field):
+    img, w = field
+    sky = w.pixel_to_world(*GALAXY)
+    target = {"wcs": w, "ra": float(sky.ra.deg), "dec": float(sky.dec.deg), "pixel_scale": None}
+    cfg = pipeline.PrepareConfig(name="t", ra=target["ra"], dec=target["dec"], r=10.0, bands={})
+    spec = pipeline.BandSpec(file="g.fits", fwhm=3.0, cut_center=(110.0, 95.0))
+    cut = pipeline._band_cut(img, cfg, target, spec)
+    assert cut.origin == (110 - 20, 95 - 20)  # r = 10" at 0.5"/px: n = 20
+    assert np.allclose(cut.center, (GALAXY[0] - 90, GALAXY[1] - 75), atol=1e-6)  # the target, off-centre
+    assert (cut.ra, cut.dec) == (target["ra"], target["dec"])
+    mask = gsprep.cutout_mask(cut, fwhm=3.0)
+    cx, cy = (int(round(v)) for v in cut.center)
+    assert mask.mask[cy, cx] == 0  # the target found at its own pixel, not at the cut's centre
+    far = pipeline.BandSpec(file="g.fits", fwhm=3.0, cut_center=(160.0, 160.0))
+    with pytest.raises(ValueError, match="falls outside"):
+        pipeline._band_cut(img, cfg, target, far)
+    peak = pipeline._band_cut(img, dataclasses_replace(cfg, recenter="peak"),
+                              dict(target, ra=target["ra"] + 1.5 / 3600), pipeline.BandSpec(file="g.fits", fwhm=3.0))
+    assert np.hypot(peak.origin[0] + peak.center[0] - GALAXY[0], peak.origin[1] + peak.center[1] - GALAXY[1]) <= 1
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+def test_toml_cut_keys(tmp_path):
+    cfg = gsprep.pipeline.load_config(_toml(tmp_path, options='recenter = "peak"\ntarget_radius = 4.0',
+                                            band="cut_center = [90, 80.5]"))
+    assert cfg.recenter == "peak" and cfg.target_radius == 4.0 and cfg.bands["g"].cut_center == (90.0, 80.5)
+    with pytest.raises(ValueError, match=r"\[options\] recenter"):
+        gsprep.pipeline.load_config(_toml(tmp_path, options='recenter = "max"'))
+    with pytest.raises(ValueError, match=r"\[bands.g\] cut_center must be \[x, y\]"):
+        gsprep.pipeline.load_config(_toml(tmp_path, band="cut_center = 3"))
