@@ -217,7 +217,10 @@ def load_config(path, *, batch=False):
         except FileNotFoundError as exc:
             msg = f"config: [options] {exc}"
             raise ValueError(msg) from None
-        options.setdefault("stars_from", "catalog")
+        if options.setdefault("stars_from", "catalog") != "catalog":
+            msg = ('config: [options] star_catalog is the PSF star list; stars_from = "detected" would ignore it '
+                   '(leave stars_from out, or set it to "catalog")')
+            raise ValueError(msg)
     if options.get("stars_from") == "catalog" and options.get("star_catalog") is None and crit.get(
             "starcord_list") is None:
         msg = ('config: [options] stars_from = "catalog" needs star_catalog = "FILE" or [criteria] starcord_list '

@@ -356,3 +356,9 @@ def test_toml_cut_keys(tmp_path):
         gsprep.pipeline.load_config(_toml(tmp_path, options='recenter = "max"'))
     with pytest.raises(ValueError, match=r"\[bands.g\] cut_center must be \[x, y\]"):
         gsprep.pipeline.load_config(_toml(tmp_path, band="cut_center = 3"))
+
+
+def test_star_catalog_with_stars_from_detected_is_an_error(tmp_path):
+    Table({"x": [1.0], "y": [2.0]}).write(tmp_path / "stars.ecsv")
+    with pytest.raises(ValueError, match='stars_from = "detected" would ignore it'):
+        gsprep.pipeline.load_config(_toml(tmp_path, options='star_catalog = "stars.ecsv"\nstars_from = "detected"'))
