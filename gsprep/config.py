@@ -88,7 +88,7 @@ class PrepareConfig:
     sky_order: int = 3
     sky_method: str = "poly"
     sky_box: int = 64
-    sky_regions: tuple | None = None
+    sky_regions: tuple | str | None = None  # boxes, or "auto": split where the sky steps (gsprep.sky.find_sky_steps)
     sky_nsigma: float = 3.0
     mask_nsigma: float | None = None  # None: the mask detection's own default (see cutout_mask)
     mask_npixels: int | None = None
@@ -343,12 +343,14 @@ def _checked_degree(v):
 
 
 def _checked_regions(v):
-    """``sky_regions``: a list of ``[x0, x1, y0, y1]`` boxes (0-based pixels, end excluded)."""
+    """``sky_regions``: a list of ``[x0, x1, y0, y1]`` boxes (0-based pixels, end excluded), or ``"auto"``."""
+    if v == "auto":
+        return v
     ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
         isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(q, int) and not isinstance(q, bool) for q in b)
         for b in v)
     if not ok:
-        msg = f"sky_regions must be a list of [x0, x1, y0, y1] integer boxes, got {v!r}"
+        msg = f"sky_regions must be a list of [x0, x1, y0, y1] integer boxes or \"auto\", got {v!r}"
         raise TypeError(msg)
     return tuple(tuple(b) for b in v)
 

@@ -24,7 +24,8 @@ from astropy.stats import sigma_clipped_stats
 from ._checks import as_mask, check_choice, check_integer, check_positive
 from .detection import TwoPass, detect, detect_twopass, grow_segments, grow_sources
 
-__all__ = ["SkyFit", "SkyResidualWarning", "fit_sky", "legendre_terms", "pixel_noise", "sky_mask", "sky_residual_check"]
+__all__ = ["SkyFit", "SkyResidualWarning", "SkyStepWarning", "SkySteps", "find_sky_steps", "fit_sky", "legendre_terms",
+           "pixel_noise", "sky_mask", "sky_residual_check"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ class SkyFit:
         Standard deviation of the data minus sky over the pixels kept after
         clipping (per band for a stack).
     method : str
-        ``"poly"``, ``"median"`` or ``"mesh"`` (``coeffs`` empty).
+        ``"poly"``, ``"median"`` or ``"mesh"`` (``coeffs`` empty); with
+        ``regions``, ``"poly/regions"`` etc.
+    regions : tuple or None
+        The boxes ``(x0, x1, y0, y1)`` of a per-region sky (None: one sky).
     """
 
     background: np.ndarray
@@ -54,6 +58,7 @@ class SkyFit:
     order: int
     rms: np.ndarray
     method: str = "poly"
+    regions: tuple | None = None
 
 
 def legendre_terms(order):
@@ -236,10 +241,140 @@ def _fit_regions(data, mask, order, regions, **kw):
     good = np.isfinite(r) & ~m
     _, _, rms = sigma_clipped_stats(r[good], sigma=kw.get("clip_sigma", 3.0), maxiters=3)
     coeffs = np.concatenate([np.atleast_1d(f.coeffs) for f in fits])
-    return SkyFit(bg, coeffs, fits[0].order, float(rms), fits[0].method + "/regions")
+    boxes = tuple(tuple(int(v) for v in box) for box in regions)
+    return SkyFit(bg, coeffs, fits[0].order, float(rms), fits[0].method + "/regions", boxes)
 
 
-def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0, box=64, regions=None):
+class SkyStepWarning(UserWarning):
+    """Where ``regions="auto"`` split the frame into sky regions, or that it found no step (one line)."""
+
+
+@dataclass(frozen=True)
+class SkySteps:
+    """Result of :func:`find_sky_steps`.
+
+    ``x``, ``y``: the first column / row of the second region (None: no
+    step along that axis); ``jump_x``, ``jump_y``: the step's size (data
+    units) and ``signif_x``, ``signif_y`` its significance (jump over its
+    noise) at the best candidate; ``boxes``: the regions ``(x0, x1, y0,
+    y1)`` (0-based, end excluded) covering the frame, one box when no step.
+    """
+
+    x: int | None
+    y: int | None
+    jump_x: float
+    jump_y: float
+    signif_x: float
+    signif_y: float
+    boxes: tuple
+
+    def describe(self):
+        """One line: where the frame was split, or that no step was found."""
+        parts = []
+        for axis, at, jump, sig, what in (("x", self.x, self.jump_x, self.signif_x, "column"),
+                                          ("y", self.y, self.jump_y, self.signif_y, "row")):
+            if at is None:
+                parts.append(f"no step along {axis} (largest {sig:.1f} sigma)")
+            else:
+                parts.append(f"split at {axis} = {at} (a step of {jump:+.3g} between {what}s {at - 1} and {at}, "
+                             f"{sig:.0f} sigma)")
+        n = len(self.boxes)
+        head = "no step found, one sky for the frame" if n == 1 else f"split into {n} regions"
+        return f"{head}: " + "; ".join(parts)
+
+
+def _axis_step(parts, edge, floor, nsigma):
+    """Best split along the last axis of the 2-D ``parts`` (frame parts; NaN = excluded from the fit).
+
+    For each pair of neighbouring columns, the median over the rows of their difference (the same rows
+    on both sides, so any structure along the rows cancels); a gradient makes it a smooth baseline (a
+    running median), a step a spike above it.  Rows a source mask leaves are used; a column pair that
+    keeps fewer than a quarter of them (a mask grown over the step) uses every finite row (the median
+    shrugs off the sources).  Returns ``(split, jump, significance)``; ``split`` None below ``nsigma``.
+    """
+    from scipy.ndimage import median_filter
+
+    spikes = []
+    for arr, full in parts:
+        nrows = arr.shape[0]
+        d = arr[:, 1:] - arr[:, :-1]
+        dfull = full[:, 1:] - full[:, :-1]
+        n_ok = np.sum(np.isfinite(d), axis=0)
+        use = np.where((n_ok >= max(10, nrows // 4))[None, :], d, dfull)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column pair
+            prof = np.nanmedian(use, axis=0)  # prof[k]: the step before column k + 1
+            n_used = np.sum(np.isfinite(use), axis=0)
+        ok = np.isfinite(prof) & (n_used >= 5)
+        if ok.sum() < 4 * edge:
+            continue
+        filled = np.where(ok, prof, np.nanmedian(prof[ok]))
+        foot = np.ones(2 * edge + 1, bool)
+        foot[edge] = False
+        base = median_filter(filled, footprint=foot, mode="nearest")
+        resid = np.where(ok, filled - base, 0.0)
+        r = resid[ok]
+        scatter = 1.4826 * np.median(np.abs(r - np.median(r)))
+        noise = np.maximum(scatter, 1.2533 * np.sqrt(2.0) * floor / np.sqrt(np.maximum(n_used, 1)))
+        spikes.append((resid, noise))
+    if not spikes:
+        return None, 0.0, 0.0
+    n = spikes[0][0].size + 1
+    sig = np.max([np.abs(rs) / np.where(nz > 0, nz, np.inf) for rs, nz in spikes], axis=0)
+    k = np.arange(n - 1) + 1  # the split (first column of the second region) of each pair
+    sig = np.where((k >= edge) & (k <= n - edge), sig, 0.0)
+    i = int(np.argmax(sig))
+    jump = max((float(rs[i]) for rs, _ in spikes), key=abs)
+    best = float(sig[i])
+    return (int(k[i]) if best > nsigma else None), jump, best
+
+
+def find_sky_steps(data, mask=None, *, nsigma=10.0, edge=None):
+    """Find a step in the sky along x and along y (readout halves, amplifiers): at most one split per axis.
+
+    Along x: for each pair of neighbouring columns, the median over the rows
+    of their difference (pixels ``mask`` keeps out left out, unless that
+    leaves under a quarter of the rows); a sky gradient makes these a
+    smooth baseline (a running median over ``edge`` columns each side), a
+    step a spike above it.  The largest spike is a split when it is over
+    ``nsigma`` times its noise (the spikes' robust scatter, at least the
+    pixel noise x sqrt(2) / sqrt(rows)); splits closer than ``edge``
+    (default an eighth of the frame, 8 to 64 px) to the frame's edge are not
+    considered.  Then the same along y, in each part the x split made.  Two
+    splits give four quadrants.
+
+    Returns
+    -------
+    SkySteps
+    """
+    arr = np.asarray(data, float)
+    if arr.ndim != 2:
+        msg = "regions=\"auto\": a per-region sky takes one 2-D frame, not a stack"
+        raise ValueError(msg)
+    ny, nx = arr.shape
+    finite = np.where(np.isfinite(arr), arr, np.nan)
+    m = ~np.isfinite(arr) if mask is None else ~np.isfinite(arr) | as_mask("mask", mask, arr.shape)
+    work = np.where(m, np.nan, arr)
+    floor = pixel_noise(arr, m)
+    floor = 0.0 if not np.isfinite(floor) else floor
+
+    def edge_of(n):
+        return int(edge) if edge is not None else int(min(64, max(8, n // 8)))
+
+    x = y = None
+    jx = jy = sx = sy = 0.0
+    if nx >= 4 * edge_of(nx):
+        x, jx, sx = _axis_step([(work, finite)], edge_of(nx), floor, nsigma)
+    if ny >= 4 * edge_of(ny):
+        cuts = [slice(None)] if x is None else [slice(0, x), slice(x, nx)]
+        y, jy, sy = _axis_step([(work[:, c].T, finite[:, c].T) for c in cuts], edge_of(ny), floor, nsigma)
+    xs = [0, nx] if x is None else [0, x, nx]
+    ys = [0, ny] if y is None else [0, y, ny]
+    boxes = tuple((xs[i], xs[i + 1], ys[j], ys[j + 1]) for j in range(len(ys) - 1) for i in range(len(xs) - 1))
+    return SkySteps(x, y, jx, jy, sx, sy, boxes)
+
+def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0, box=64, regions=None,
+            label="frame"):
     """Fit the sky of one frame or of a stack of bands.
 
     Parameters
@@ -269,6 +404,12 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0,
         pixels, end excluded; together they must cover the frame), e.g. the
         readout halves or amplifiers of a detector whose skies differ by a
         step.  ``coeffs`` then holds every region's coefficients in turn.
+        ``"auto"``: the boxes are found from a step in the sky
+        (:func:`find_sky_steps`: at most one split along x and one along y,
+        two halves or four quadrants), said in one :class:`SkyStepWarning`
+        line (``label``: the frame's name in it); no step: one sky.
+    label : str
+        The frame's name in the ``regions="auto"`` line.
 
     Returns
     -------
@@ -299,6 +440,13 @@ def fit_sky(data, mask=None, order=3, *, method="poly", nclip=3, clip_sigma=3.0,
         raise TypeError(msg)
     check_choice("method", method, ("poly", "median", "mesh"))
     box = check_integer("box", box, lower=4)
+    if isinstance(regions, str):
+        if regions != "auto":
+            msg = f"regions must be a list of (x0, x1, y0, y1) boxes or \"auto\", got {regions!r}"
+            raise ValueError(msg)
+        steps = find_sky_steps(arr, mask)
+        warnings.warn(f"{label}: sky_regions \"auto\": {steps.describe()}", SkyStepWarning, stacklevel=2)
+        regions = steps.boxes if len(steps.boxes) > 1 else None
     if regions is not None:
         return _fit_regions(arr, mask, order, list(regions), method=method, nclip=nclip, clip_sigma=clip_sigma,
                             box=box)

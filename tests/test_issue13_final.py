@@ -141,3 +141,97 @@ def test_sky_subtracted_frame_on_request(tmp_path):
     data, tr = prepare_plain(tmp_path / "x" if (tmp_path / "x").mkdir() is None else None)
     assert tr.ok and not any(p.endswith("_skysub.fits") for p in tr.written["sloan_g"])
     assert not (tmp_path / "x" / "out" / "t_sloan_g_skysub.fits").exists()
+
+
+# --------------------------------------------------------------------------
+# 3. sky_regions = "auto": the split found from a step
+
+
+S = 300
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """A demo frame (noise 0.3 per pixel), the same plus two readout halves on their own ramps (split at
+    column 150, as in test_sky_structure), and plus four quadrants (split at x = 120, y = 210)."""
+    from gsprep.simulate import demo_frame
+    from gsprep.sky import sky_mask
+
+    frame, _ = demo_frame(fwhm=3.0, shape=(S, S), n_stars=30, seed=2)
+    y, x = np.mgrid[:S, :S] / S
+    halves = frame + np.where(x < 0.5, 30 + 80 * y, -20 + 150 * (1 - y) + 60 * x)
+    quads = frame + 10 * x + np.where(x < 0.4, 0.0, 25.0) + np.where(y < 0.7, 0.0, -10.0)
+    return {k: (v, sky_mask(v, fwhm=3.0)) for k, v in (("flat", frame), ("halves", halves), ("quads", quads))}
+
+
+def auto_sky(data, m, order=2, **kw):
+    from gsprep.sky import SkyStepWarning, fit_sky
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sky = fit_sky(data, m, order=order, regions="auto", label="band h", **kw)
+    said = [str(w.message) for w in caught if issubclass(w.category, SkyStepWarning)]
+    assert len(said) == 1 and "\n" not in said[0] and said[0].startswith('band h: sky_regions "auto": ')
+    return sky, said[0]
+
+
+def test_auto_regions_split_two_readout_halves_at_the_step(frames):
+    from gsprep.sky import SkyResidualWarning, sky_residual_check
+
+    data, m = frames["halves"]
+    sky, said = auto_sky(data, m)
+    assert sky.regions is not None and len(sky.regions) == 2 and sky.method == "poly/regions"
+    split = sky.regions[0][1]
+    assert abs(split - S // 2) <= 2 and sky.regions[1][0] == split
+    assert sky.regions[0][2:] == (0, S) and sky.regions[1][2:] == (0, S)
+    assert f"split at x = {split}" in said and "no step along y" in said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkyResidualWarning)
+        rms, pp = sky_residual_check(data, sky, m)
+    assert rms < 1.5 * pp  # the residual is the pixel noise (measured 1.13x)
+
+
+def test_auto_regions_four_quadrants(frames):
+    data, m = frames["quads"]
+    sky, said = auto_sky(data, m, order=0, method="median")  # the split is what is tested (no compile per box)
+    assert len(sky.regions) == 4
+    xs = {b[1] for b in sky.regions} - {S}
+    ys = {b[3] for b in sky.regions} - {S}
+    assert len(xs) == 1 and abs(xs.pop() - 120) <= 2 and len(ys) == 1 and abs(ys.pop() - 210) <= 2
+    assert "split into 4 regions" in said
+
+
+def test_auto_regions_without_a_step_do_not_split(frames):
+    from gsprep.sky import fit_sky
+
+    data, m = frames["flat"]
+    sky, said = auto_sky(data, m)
+    assert sky.regions is None and sky.method == "poly"
+    assert "no step found" in said
+    np.testing.assert_allclose(sky.background, fit_sky(data, m, order=2).background)
+
+
+def test_sky_regions_auto_in_the_config_and_prepare(tmp_path):
+    """The TOML option reaches the sky fit: prepare on a frame with readout halves splits it (said for band g)."""
+    import gsprep
+    from gsprep.pipeline import load_config, prepare_target
+    from gsprep.sky import SkyResidualWarning, SkyStepWarning
+
+    from .test_pipeline import write_config, write_frames
+
+    with pytest.raises(ValueError, match=r"config: \[options\] sky_regions must be a list of .* or \"auto\""):
+        load_config(write_config(tmp_path, options='sky_regions = "steps"\n'))
+    write_frames(tmp_path, bands=(("g", 2.6),))
+    cfg = load_config(write_config(tmp_path, bands=(("g", 2.6),), options='sky_regions = "auto"\npsf = false\n'))
+    assert cfg.sky_regions == "auto"
+    img = gsprep.read_image(cfg.bands["g"].file)
+    x = np.arange(img.data.shape[1])[None, :]
+    stepped = gsprep.io.Image(**{**img.__dict__, "data": img.data + np.where(x < 150, 0.0, 40.0)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = prepare_target({"g": stepped}, cfg.ra, cfg.dec, cfg)["g"]
+    assert p.error is None
+    said = [str(w.message) for w in caught if issubclass(w.category, SkyStepWarning)]
+    assert len(said) == 1 and said[0].startswith('band g: sky_regions "auto": split into 2 regions')
+    assert not [w for w in caught if issubclass(w.category, SkyResidualWarning)]
+    assert abs(p.sky.regions[0][1] - 150) <= 2
