@@ -362,3 +362,20 @@ def test_star_catalog_with_stars_from_detected_is_an_error(tmp_path):
     Table({"x": [1.0], "y": [2.0]}).write(tmp_path / "stars.ecsv")
     with pytest.raises(ValueError, match='stars_from = "detected" would ignore it'):
         gsprep.pipeline.load_config(_toml(tmp_path, options='star_catalog = "stars.ecsv"\nstars_from = "detected"'))
+
+
+def test_prepare_stars_from_starcord_list_is_the_catalogue(tmp_path, field):
+    _frame_file(tmp_path, field)
+    _, w = field
+    listed = [STARS[9], STARS[4]]
+    sky = w.pixel_to_world([p[0] for p in listed], [p[1] for p in listed])
+    pairs = ", ".join(f"[{a:.8f}, {d:.8f}]" for a, d in zip(sky.ra.deg, sky.dec.deg, strict=True))
+    cfg = gsprep.pipeline.load_config(_toml(tmp_path, options='stars_from = "catalog"\npsf_fit = false\nmask_nsigma = 3.0',
+                                            criteria=f"starcord_list = [{pairs}]"))
+    run = gsprep.pipeline.run_target(cfg, tmp_path / "out", figures=False)
+    assert run.ok, run.errors
+    stars = run.products["g"].stars
+    assert len(stars) == 2 and all(stars["selected"]), list(stars["reason"])
+    assert np.allclose(stars["given_x"], [p[0] for p in listed], atol=1e-6)
+    assert "reference" not in stars.meta["funnel"]  # the list is the catalogue, not also a match reference
+    assert run.products["g"].psf is None and run.products["g"].stamps.data.shape[0] == 2
