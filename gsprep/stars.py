@@ -289,10 +289,12 @@ def read_star_catalog(path):
     if not os.path.exists(path):
         msg = f"star_catalog: no such file {path!r}"
         raise FileNotFoundError(msg)
+    from astropy.io.registry import IORegistryError
+
     fmt = "ascii.csv" if path.lower().endswith(".csv") else None
     try:
         t = Table.read(path, format=fmt) if fmt else Table.read(path)
-    except Exception as exc:  # astropy raises many kinds for an unreadable table
+    except (OSError, ValueError, TypeError, KeyError, IORegistryError) as exc:  # an unreadable table
         msg = f"star_catalog: cannot read {path!r} as a table ({exc})"
         raise ValueError(msg) from None
     cols = {c.lower() for c in t.colnames}

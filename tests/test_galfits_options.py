@@ -178,7 +178,8 @@ def test_stack_psf_is_a_normalised_plain_stack():
 
 def test_spcorrection_centres_the_cut_on_the_corrected_position(field):
     img, w = field
-    ra, dec = (float(v) for v in (lambda s: (s.ra.deg, s.dec.deg))(w.pixel_to_world(100, 100)))
+    centre = w.pixel_to_world(100, 100)
+    ra, dec = float(centre.ra.deg), float(centre.dec.deg)
     target = {"wcs": w, "ra": ra, "dec": dec, "pixel_scale": None}
     plain = pipeline._corrected_cut(img, 10.0, target, None)
     moved = pipeline._corrected_cut(img, 10.0, target, (2.0, 1.0))  # 2" east, 1" north at 0.5"/px
@@ -332,7 +333,7 @@ def test_cut_center_moves_the_cut_and_keeps_the_target(field):
     assert np.allclose(cut.center, (GALAXY[0] - 90, GALAXY[1] - 75), atol=1e-6)  # the target, off-centre
     assert (cut.ra, cut.dec) == (target["ra"], target["dec"])
     mask = gsprep.cutout_mask(cut, fwhm=3.0)
-    cx, cy = (int(round(v)) for v in cut.center)
+    cx, cy = (round(v) for v in cut.center)
     assert mask.mask[cy, cx] == 0  # the target found at its own pixel, not at the cut's centre
     far = pipeline.BandSpec(file="g.fits", fwhm=3.0, cut_center=(160.0, 160.0))
     with pytest.raises(ValueError, match="falls outside"):
