@@ -289,8 +289,9 @@ def _axis_step(parts, edge, floor, nsigma):
     For each pair of neighbouring columns, the median over the rows of their difference (the same rows
     on both sides, so any structure along the rows cancels); a gradient makes it a smooth baseline (a
     running median), a step a spike above it.  Rows a source mask leaves are used; a column pair that
-    keeps fewer than a quarter of them (a mask grown over the step) uses every finite row (the median
-    shrugs off the sources).  Returns ``(split, jump, significance)``; ``split`` None below ``nsigma``.
+    keeps fewer than a quarter of them (a mask grown over the step) uses every finite, nonzero row
+    whose two pixels are masked alike (the median shrugs off the sources; the edge of a no-data region is
+    left out).  Returns ``(split, jump, significance)``; ``split`` None below ``nsigma``.
     """
     from scipy.ndimage import median_filter
 
@@ -298,9 +299,14 @@ def _axis_step(parts, edge, floor, nsigma):
     for arr, full in parts:
         nrows = arr.shape[0]
         d = arr[:, 1:] - arr[:, :-1]
-        dfull = full[:, 1:] - full[:, :-1]
         n_ok = np.sum(np.isfinite(d), axis=0)
+        # fallback: every row where both pixels are masked alike (a source footprint over both, not the edge of
+        # a no-data region, whose 0 would read as a step) and nonzero
+        kept = np.isfinite(arr)
+        alike = (kept[:, 1:] == kept[:, :-1]) & (full[:, 1:] != 0) & (full[:, :-1] != 0)
+        dfull = np.where(alike, full[:, 1:] - full[:, :-1], np.nan)
         use = np.where((n_ok >= max(10, nrows // 4))[None, :], d, dfull)
+        del d, dfull, alike
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column pair
             prof = np.nanmedian(use, axis=0)  # prof[k]: the step before column k + 1
@@ -334,7 +340,8 @@ def find_sky_steps(data, mask=None, *, nsigma=10.0, edge=None):
 
     Along x: for each pair of neighbouring columns, the median over the rows
     of their difference (pixels ``mask`` keeps out left out, unless that
-    leaves under a quarter of the rows); a sky gradient makes these a
+    leaves under a quarter of the rows: then every finite, nonzero row
+    whose two pixels are masked alike); a sky gradient makes these a
     smooth baseline (a running median over ``edge`` columns each side), a
     step a spike above it.  The largest spike is a split when it is over
     ``nsigma`` times its noise (the spikes' robust scatter, at least the

@@ -13,7 +13,18 @@ from astropy.io import fits
 from gsprep.io import AssumptionWarning
 from gsprep.presets import PresetWarning, detect_preset
 
-from .test_presets import BADPIX, DEC, RA, R, hst_file, run, scene, sdss_file, warned, wcs_header
+from .test_presets import (
+    BADPIX,
+    DEC,
+    RA,
+    R,
+    hst_file,
+    run,
+    scene,
+    sdss_file,
+    warned,
+    wcs_header,
+)
 
 N = 40
 
@@ -64,7 +75,7 @@ def test_detect_preset_from_each_layout(tmp_path):
 
 def test_auto_preset_gives_the_detected_presets_products_and_says_so_in_one_line(tmp_path):
     name, err, want_zp = jwst_file(tmp_path)
-    _, sig, mask, bits, o, zp, caught = run(tmp_path, "f200w", "auto", name)
+    _, sig, mask, _, o, zp, caught = run(tmp_path, "f200w", "auto", name)
     ok = mask == 0
     np.testing.assert_allclose(sig[ok], err[o[0]: o[0] + sig.shape[0], o[1]: o[1] + sig.shape[1]][ok], rtol=1e-6)
     assert zp == pytest.approx(round(want_zp, 4), abs=1e-4)
@@ -110,12 +121,11 @@ def test_cli_psf_preset_auto(tmp_path, monkeypatch, capsys):
 def prepare_plain(folder, options=""):
     from gsprep.pipeline import load_config, run_target
 
-    y, x = np.mgrid[:N, :N]
-    data = scene(level=1.0, sky=5.0) + 0.05 * x - 0.03 * y
+    data = scene(level=1.0, sky=5.0)
     h = wcs_header()
     h.update(EXPTIME=100.0, GAIN=2.0, MAGZP=25.0, OBSERVER="someone")
     fits.PrimaryHDU(data.astype(np.float32), h).writeto(folder / "f.fits")
-    (folder / "c.toml").write_text(f'[target]\nname = "t"\nra = {RA}\ndec = {DEC}\nr = {R}\n[options]\nsky_order = 1\n'
+    (folder / "c.toml").write_text(f'[target]\nname = "t"\nra = {RA}\ndec = {DEC}\nr = {R}\n[options]\nsky_order = 0\n'
                                    f'psf = false\nrequire_target = false\n{options}'
                                    '[bands.sloan_g]\nfile = "f.fits"\nfwhm = 2.5\n')
     return data.astype(np.float32).astype(float), run_target(load_config(str(folder / "c.toml")), folder / "out",
@@ -133,12 +143,13 @@ def test_sky_subtracted_frame_on_request(tmp_path):
         assert len(h) == 1
         sub, hdr = np.asarray(h[0].data, float), h[0].header
     np.testing.assert_allclose(sub, data - tr.products["sloan_g"].sky.background, atol=1e-4)
-    assert hdr["SKYORD"] == 1 and hdr["SKYMETH"] == "poly" and hdr["OBSERVER"] == "someone"
+    assert hdr["SKYORD"] == 0 and hdr["SKYMETH"] == "poly" and hdr["OBSERVER"] == "someone"
     parent = WCS(wcs_header())
     assert WCS(hdr).wcs.compare(parent.wcs)  # the frame's WCS, kept
     assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".gsprep-")]  # written atomically
     # off by default
-    data, tr = prepare_plain(tmp_path / "x" if (tmp_path / "x").mkdir() is None else None)
+    (tmp_path / "x").mkdir()
+    _, tr = prepare_plain(tmp_path / "x")
     assert tr.ok and not any(p.endswith("_skysub.fits") for p in tr.written["sloan_g"])
     assert not (tmp_path / "x" / "out" / "t_sloan_g_skysub.fits").exists()
 
@@ -179,7 +190,7 @@ def test_auto_regions_split_two_readout_halves_at_the_step(frames):
     from gsprep.sky import SkyResidualWarning, sky_residual_check
 
     data, m = frames["halves"]
-    sky, said = auto_sky(data, m)
+    sky, said = auto_sky(data, m, order=1)  # each half's ramp is a plane (order 1, as prepare's below: one compile)
     assert sky.regions is not None and len(sky.regions) == 2 and sky.method == "poly/regions"
     split = sky.regions[0][1]
     assert abs(split - S // 2) <= 2 and sky.regions[1][0] == split
@@ -205,10 +216,10 @@ def test_auto_regions_without_a_step_do_not_split(frames):
     from gsprep.sky import fit_sky
 
     data, m = frames["flat"]
-    sky, said = auto_sky(data, m)
-    assert sky.regions is None and sky.method == "poly"
+    sky, said = auto_sky(data, m, order=0, method="median")
+    assert sky.regions is None and sky.method == "median"
     assert "no step found" in said
-    np.testing.assert_allclose(sky.background, fit_sky(data, m, order=2).background)
+    np.testing.assert_allclose(sky.background, fit_sky(data, m, order=0, method="median").background)
 
 
 def test_sky_regions_auto_in_the_config_and_prepare(tmp_path):
@@ -235,3 +246,14 @@ def test_sky_regions_auto_in_the_config_and_prepare(tmp_path):
     assert len(said) == 1 and said[0].startswith('band g: sky_regions "auto": split into 2 regions')
     assert not [w for w in caught if issubclass(w.category, SkyResidualWarning)]
     assert abs(p.sky.regions[0][1] - 150) <= 2
+
+
+def test_auto_regions_ignore_the_edge_of_a_no_data_region(frames):
+    """A drizzled frame's no-data band (0, masked as bad) is not a step in the sky."""
+    from gsprep.sky import find_sky_steps
+
+    data, m = frames["flat"]
+    f = data.copy()
+    f[:, :100] = 0.0
+    steps = find_sky_steps(f, m | (f == 0))
+    assert steps.x is None and steps.y is None and len(steps.boxes) == 1
