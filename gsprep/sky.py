@@ -359,9 +359,9 @@ def find_sky_steps(data, mask=None, *, nsigma=10.0, edge=None):
         msg = "regions=\"auto\": a per-region sky takes one 2-D frame, not a stack"
         raise ValueError(msg)
     ny, nx = arr.shape
-    finite = np.where(np.isfinite(arr), arr, np.nan)
+    finite = np.where(np.isfinite(arr), arr, np.nan).astype(np.float32)  # float32: a large frame's memory
     m = ~np.isfinite(arr) if mask is None else ~np.isfinite(arr) | as_mask("mask", mask, arr.shape)
-    work = np.where(m, np.nan, arr)
+    work = np.where(m, np.nan, finite)
     floor = pixel_noise(arr, m)
     floor = 0.0 if not np.isfinite(floor) else floor
 
