@@ -94,8 +94,8 @@ def _info(flux, w, ay, ax):
 def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=None):
     """The planes ``D (T, K, K)`` that best fit the stars with their centres, fluxes and skies held.
 
-    Each plane is ``J a_t + R_t``: a change of the reference Moffat's
-    parameters (``jac (K, K, 4)``: its derivatives; free, not penalised, so
+    Each plane is ``J a_t + R_t``: a change of the PSF's size and shape
+    (``jac (K, K, m)``, :func:`_shape_directions`; free, not penalised, so
     a change of width or ellipticity across the frame costs nothing) plus
     a pixel correction ``R_t`` with the constant fit's curvature penalty.
     ``coef (n, T)``: each star's monomials (a column of zeros switches a
@@ -119,6 +119,8 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
     r = d - fw * _render(jnp.broadcast_to(p0, (xy.shape[0], kk, kk)), ay, ax) - sky[:, None, None]
     lam_s = lam * scale
     ridge = 1e-6 * scale
+    # the varying planes' pixel corrections (t >= 1) held PLANE_PENALTY times harder than the constant one's
+    pen_w = jnp.where(jnp.arange(n_t) == 0, 1.0, PLANE_PENALTY).astype(dt)
     # each star's unit-flux model with the current planes, and its (flux, sky) normal-equation block
     now = jnp.zeros((n_t, kk, kk), dt) if planes_now is None else planes_now
     m_s = _render(_local(p0, now, coef), ay, ax)
@@ -151,7 +153,7 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
         rp = _project(v[0], basis)
         g = eliminate(w * fw * _render(jnp.einsum("nt,tij->nij", coef, planes_of(v)), ay, ax))
         back = adj(fw * g)
-        pen = jax.vmap(lambda q: laplacian(dloc * laplacian(q)))(rp)
+        pen = jax.vmap(lambda q: laplacian(dloc * laplacian(q)))(rp) * pen_w[:, None, None]
         return (_project(back + lam_s * pen + ridge * rp, basis),
                 jnp.einsum("ijc,tij->tc", jac, back) + ridge * v[1])
 
@@ -253,6 +255,8 @@ def degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, 
 N_CG = 120
 #: each star's flux and sky free in the plane solve (eliminated); False holds them (for comparisons)
 ELIMINATE = True
+#: curvature penalty of the varying planes' pixel corrections, in units of the constant fit's
+PLANE_PENALTY = 1.0
 #: rounds of the final fit's alternation (planes with the stars held, then the stars with their local PSFs)
 ROUNDS = 2
 
@@ -269,16 +273,36 @@ def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=None):
     return planes, xy, flux, sky, _models(psfs, xy, flux, sky, sx)
 
 
-def _moffat_jac(theta, sx):
-    """Derivatives ``(K, K, 4)`` of the reference Moffat with respect to its parameters."""
-    return jax.jacfwd(lambda th: moffat_fine(th, sx.k, sx.psf_size))(theta)
+def _shape_directions(theta, p0, sx):
+    """The unpenalised directions a plane may take, ``(K, K, 7)``: changes of the PSF's size and shape.
+
+    The reference Moffat's derivatives with respect to its four parameters
+    (width, wing slope, ellipticity), and the PSF ``p0``'s own change under a
+    flux-preserving dilation and the two shears, ``-(tr(G) P + (G x) . grad P)``
+    (band-limited derivatives on the fine grid), which describe a change of
+    seeing or focus for any profile, not only a Moffat's.
+    """
+    dt = p0.dtype
+    mof = jax.jacfwd(lambda th: moffat_fine(th, sx.k, sx.psf_size))(theta)
+    kk = p0.shape[-1]
+    f = jnp.fft.fftfreq(kk).astype(dt)
+    cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
+    ph = jnp.fft.fft2(p0.astype(cdt))
+    dx = jnp.real(jnp.fft.ifft2(ph * (2j * jnp.pi * f)[None, :])).astype(dt)
+    dy = jnp.real(jnp.fft.ifft2(ph * (2j * jnp.pi * f)[:, None])).astype(dt)
+    g = jnp.arange(kk, dtype=dt) - centre(sx.k, sx.psf_size)
+    x, y = g[None, :], g[:, None]
+    dil = -(2 * p0 + x * dx + y * dy)
+    sh1 = -(x * dx - y * dy)
+    sh2 = -(y * dx + x * dy)
+    return jnp.concatenate([mof, jnp.stack([dil, sh1, sh2], axis=-1)], axis=-1)
 
 
 @partial(jax.jit, static_argnames=("sx", "n_folds", "n_cg", "max_deg"))
 def _cv_core(p0, theta, xy, flux, sky, w, d, u, fold, lam, *, sx, n_folds, n_cg, max_deg):
     coef = monomials(u, max_deg, xp=jnp).astype(d.dtype)
     tdeg = jnp.asarray(term_degrees(max_deg))
-    jac = _moffat_jac(theta, sx)
+    jac = _shape_directions(theta, p0, sx)
     return degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, jnp.arange(max_deg + 1), sx, n_folds, n_cg)
 
 
@@ -287,7 +311,7 @@ def _final_core(p0, theta, xy, flux, sky, w, d, u, lam, degree, *, sx, n_cg, max
     dt = d.dtype
     coef = monomials(u, max_deg, xp=jnp).astype(dt)
     coef = coef * (jnp.asarray(term_degrees(max_deg)) <= degree)[None, :]
-    return final_fit(p0, _moffat_jac(theta, sx), xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    return final_fit(p0, _shape_directions(theta, p0, sx), xy, flux, sky, w, d, coef, lam, sx, n_cg)
 
 
 def choose_degree(red, held):
