@@ -58,12 +58,13 @@ SCHEMA = 1
 WORK = collections.Counter()
 
 # options of a band / of the config that only the target's own products depend on (never the frame's)
-_TARGET_ONLY_BAND = frozenset({"file", "filter", "zeropoint", "pixel_scale"})
+_TARGET_ONLY_BAND = frozenset({"file", "filter", "zeropoint", "pixel_scale", "cut_center"})
 _TARGET_ONLY_CONFIG = frozenset({"name", "ra", "dec", "x", "y", "r", "redshift", "bands", "lyric_psf", "mask_nsigma",
                                  "mask_npixels", "deblend", "addgrow", "require_target", "oversampling", "psf_degree",
-                                 "magnification", "mask_detection",
-                                 "star_nsigma", "star_npixels", "stamp_size", "criteria", "psf"})
-_STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf")
+                                 "magnification", "mask_detection", "recenter", "target_radius",
+                                 "star_nsigma", "star_npixels", "stamp_size", "criteria", "psf", "star_catalog",
+                                 "stars_from"})
+_STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf", "star_catalog", "stars_from")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _digests = {}
 
@@ -133,7 +134,12 @@ def frame_keys(config, spec, digest):
     cfg_opts = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                 if f.name not in _TARGET_ONLY_CONFIG}
     sky_key = "sky-" + _hash(SCHEMA, __version__, digest, band_opts, cfg_opts, _map_digests(spec))
-    stars_key = "stars-" + _hash(sky_key, {k: getattr(config, k) for k in _STAR_OPTIONS})
+    catalog = getattr(config, "star_catalog", None)  # the user's star list: its content counts, not its name only
+    try:
+        catalog = catalog and file_digest(catalog)
+    except OSError as exc:
+        catalog = f"unreadable: {exc}"
+    stars_key = "stars-" + _hash(sky_key, {k: getattr(config, k, None) for k in _STAR_OPTIONS}, catalog)
     return sky_key, stars_key
 
 

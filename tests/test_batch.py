@@ -253,6 +253,15 @@ def test_cache_keys_follow_exactly_what_each_product_depends_on(tmp_path):
     # a star option: the stars (and so the PSFs) of every band, not the skies
     new = keys(dataclasses.replace(cfg, star_nsigma=7.0))
     assert all(new[b][0] == base[b][0] and new[b][1] != base[b][1] for b in "gr")
+    # the user's star list: the stars, and its content too
+    (tmp_path / "stars.csv").write_text("x,y\n10,20\n")
+    listed = dataclasses.replace(cfg, star_catalog=str(tmp_path / "stars.csv"), stars_from="catalog")
+    new = keys(listed)
+    assert all(new[b][0] == base[b][0] and new[b][1] != base[b][1] for b in "gr")
+    (tmp_path / "stars.csv").write_text("x,y\n10,21\n")
+    assert all(keys(listed)[b][1] != new[b][1] for b in "gr")
+    assert keys(dataclasses.replace(cfg, recenter="peak", target_radius=5.0)) == base
+    assert keys(band(cfg, "g", cut_center=(100.0, 100.0))) == base
     # a sky option: everything; a band's option: that band only
     new = keys(dataclasses.replace(cfg, sky_order=2))
     assert all(new[b][0] != base[b][0] and new[b][1] != base[b][1] for b in "gr")
