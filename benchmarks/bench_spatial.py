@@ -400,9 +400,11 @@ def _source_commit():
 
 
 def main(argv=None):
+    global SIZE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stars", type=int, nargs="+", default=[150, 300])
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--size", type=int, default=SIZE, help="stamp size, px, odd (default: %(default)s)")
     ap.add_argument("--k", type=int, nargs="+", default=[2])
     ap.add_argument("--fields", nargs="+", default=list(FIELDS), choices=list(FIELDS))
     ap.add_argument("--k1-check", action="store_true",
@@ -414,6 +416,7 @@ def main(argv=None):
                     help="per-target sizes and peaks of gsprep auto and PSFEx d2 on one frame (seed 0, first --k); "
                          "with --save appended to results_spatial.txt")
     args = ap.parse_args(argv)
+    SIZE = int(args.size)
     if args.diagnose:
         out = []
 

@@ -359,7 +359,8 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         r["degree"] = 0 if sp is None else int(sp["degree"])
         r["spatial"] = None if sp is None or sp["degree"] == 0 else {
             **{key: sp[key] for key in ("degree", "planes", "offset", "scale", "hull", "scores")},
-            "stars_xy": sp["frame_xy"][:n], "heldout": None if sp["heldout"] is None else sp["heldout"][:n]}
+            "stars_xy": sp["frame_xy"][:n], "heldout": None if sp["heldout"] is None else sp["heldout"][:n],
+            "penalty": sp.get("penalty")}
         if sp is not None and sp["degree"] > 0 and np.isfinite(sp.get("heldout_chi2", np.nan)):
             r["heldout_chi2"] = sp["heldout_chi2"]
     for b, r in enumerate(results):

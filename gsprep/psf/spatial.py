@@ -91,7 +91,7 @@ def _info(flux, w, ay, ax):
     return scale, jnp.maximum(diag_p / scale, 1e-3)
 
 
-def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=None):
+def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=None, pen_mult=None):
     """The planes ``D (T, K, K)`` that best fit the stars with their centres, fluxes and skies held.
 
     Each plane is ``J a_t + R_t``: a change of the PSF's size and shape
@@ -119,8 +119,9 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
     r = d - fw * _render(jnp.broadcast_to(p0, (xy.shape[0], kk, kk)), ay, ax) - sky[:, None, None]
     lam_s = lam * scale
     ridge = 1e-6 * scale
-    # the varying planes' pixel corrections (t >= 1) held PLANE_PENALTY times harder than the constant one's
-    pen_w = jnp.where(jnp.arange(n_t) == 0, 1.0, PLANE_PENALTY).astype(dt)
+    # the varying planes' pixel corrections (t >= 1) held pen_mult times harder than the constant one's
+    pen_mult = PLANE_PENALTY if pen_mult is None else pen_mult
+    pen_w = jnp.where(jnp.arange(n_t) == 0, 1.0, pen_mult).astype(dt)
     # each star's unit-flux model with the current planes, and its (flux, sky) normal-equation block
     now = jnp.zeros((n_t, kk, kk), dt) if planes_now is None else planes_now
     m_s = _render(_local(p0, now, coef), ay, ax)
@@ -224,28 +225,31 @@ def _reduced_chi2(d, m, w):
     return r2 / jnp.maximum(npix - 4, 1).astype(d.dtype), npix > 4
 
 
-def degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, sx, n_folds, n_cg):
-    """Every star's held-out reduced chi-square for every candidate degree, ``(n_degrees, n)``, and whether scored.
+def degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, degrees, mults, sx, n_folds, n_cg):
+    """Every star's held-out reduced chi-square for every candidate ``(degree, mult)``, ``(n_candidates, n)``,
+    and whether it was scored.
 
-    For each degree and fold the planes are fitted on the other folds' stars
-    (held at their fit on all stars); the fold's stars are then fitted with
-    only their centre, flux and sky free, each with the PSF at its position.
+    For each candidate and fold the planes are fitted on the other folds'
+    stars (held at their fit on all stars; ``mult``: the varying planes'
+    curvature penalty in units of the constant fit's); the fold's stars are
+    then fitted with only their centre, flux and sky free, each with the PSF
+    at its position.
     """
 
     def one(args):
-        deg, f = args
+        deg, mult, f = args
         c = coef * (tdeg <= deg)[None, :]
         train = (fold != f) & (fold >= 0)
-        planes = solve_planes(p0, jac, xy, flux, sky, w * train[:, None, None], d, c, lam, sx, n_cg)
+        planes = solve_planes(p0, jac, xy, flux, sky, w * train[:, None, None], d, c, lam, sx, n_cg, pen_mult=mult)
         psfs = _local(p0, planes, c)
         txy, tf, tb = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
         red, ok = _reduced_chi2(d, _models(psfs, txy, tf, tb, sx), w)
         held = (fold == f) & ok
         return jnp.where(held, red, 0.0), held
 
-    dd, ff = jnp.meshgrid(degrees, jnp.arange(n_folds, dtype=fold.dtype), indexing="ij")
-    red, held = jax.lax.map(one, (dd.reshape(-1), ff.reshape(-1)))
     nd = degrees.shape[0]
+    ff = jnp.tile(jnp.arange(n_folds, dtype=fold.dtype), nd)
+    red, held = jax.lax.map(one, (jnp.repeat(degrees, n_folds), jnp.repeat(mults, n_folds), ff))
     red = red.reshape(nd, n_folds, -1).sum(1)
     held = held.reshape(nd, n_folds, -1).any(1)
     return red, held
@@ -257,17 +261,20 @@ N_CG = 120
 ELIMINATE = True
 #: curvature penalty of the varying planes' pixel corrections, in units of the constant fit's
 PLANE_PENALTY = 1.0
+#: candidate penalties of the varying planes tried by ``degree="auto"`` (with each degree >= 1)
+PENALTY_GRID = (1.0, 10.0, 100.0)  # the first is the one the degree is chosen with
 #: rounds of the final fit's alternation (planes with the stars held, then the stars with their local PSFs)
 ROUNDS = 2
 
 
-def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=None):
+def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=None, pen_mult=None):
     """Planes and stars alternated ``rounds`` times; returns ``(planes, xy, flux, sky, models)``."""
     rounds = ROUNDS if rounds is None else rounds
-    planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, pen_mult=pen_mult)
     for _ in range(rounds - 1):
         xy, flux, sky = local_star_step(_local(p0, planes, coef), xy, flux, sky, w, d, sx, n_gn=3)
-        planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=planes)
+        planes = solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=planes,
+                              pen_mult=pen_mult)
     psfs = _local(p0, planes, coef)
     xy, flux, sky = local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3)
     return planes, xy, flux, sky, _models(psfs, xy, flux, sky, sx)
@@ -303,15 +310,35 @@ def _cv_core(p0, theta, xy, flux, sky, w, d, u, fold, lam, *, sx, n_folds, n_cg,
     coef = monomials(u, max_deg, xp=jnp).astype(d.dtype)
     tdeg = jnp.asarray(term_degrees(max_deg))
     jac = _shape_directions(theta, p0, sx)
-    return degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, jnp.arange(max_deg + 1), sx, n_folds, n_cg)
+    cdeg, cmult = candidates(max_deg)
+    return degree_scores(p0, jac, xy, flux, sky, w, d, coef, tdeg, fold, lam, jnp.asarray(cdeg),
+                         jnp.asarray(cmult, d.dtype), sx, n_folds, n_cg)
+
+
+def candidates(max_deg):
+    """The ``(degree, penalty)`` candidates of ``degree="auto"``: degree 0, and each degree >= 1 with every penalty."""
+    cdeg = [0] + [dg for dg in range(1, max_deg + 1) for _ in PENALTY_GRID]
+    cmult = [1.0] + [m for _ in range(1, max_deg + 1) for m in PENALTY_GRID]
+    return np.array(cdeg), np.array(cmult)
 
 
 @partial(jax.jit, static_argnames=("sx", "n_cg", "max_deg"))
-def _final_core(p0, theta, xy, flux, sky, w, d, u, lam, degree, *, sx, n_cg, max_deg):
+def _final_core(p0, theta, xy, flux, sky, w, d, u, lam, degree, pen_mult, *, sx, n_cg, max_deg):
     dt = d.dtype
     coef = monomials(u, max_deg, xp=jnp).astype(dt)
     coef = coef * (jnp.asarray(term_degrees(max_deg)) <= degree)[None, :]
-    return final_fit(p0, _shape_directions(theta, p0, sx), xy, flux, sky, w, d, coef, lam, sx, n_cg)
+    return final_fit(p0, _shape_directions(theta, p0, sx), xy, flux, sky, w, d, coef, lam, sx, n_cg,
+                     pen_mult=pen_mult)
+
+
+def _scores(red, held):
+    """Each candidate's mean held-out reduced chi-square over the stars every candidate scored (capped at 5 x the
+    median); NaN when fewer than 3 such stars."""
+    ok = np.asarray(held, bool).all(0)
+    if ok.sum() < 3:
+        return np.full(red.shape[0], np.nan)
+    r = np.asarray(red, float)[:, ok]
+    return np.minimum(r, 5.0 * np.median(r, axis=1, keepdims=True)).mean(1)
 
 
 def choose_degree(red, held):
@@ -365,18 +392,29 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
         red, held = _cv_core(p0, theta, st_xy, st_flux, st_sky, w, d, u, jnp.asarray(fold), lam, sx=sx, n_folds=n_folds,
                              n_cg=max(n_cg // 2, 40), max_deg=max_deg)
         red, held = np.asarray(red, float), np.asarray(held)
-        chosen, scores = choose_degree(red, held)
+        cdeg, cmult = candidates(max_deg)
+        # the degree from the candidates at the constant fit's own penalty (choosing among more candidates
+        # would pick a varying PSF on a constant field by chance more often), then, for that degree, the
+        # penalty with the lowest mean held-out chi-square
+        base = [0] + [int(np.flatnonzero((cdeg == dg) & (cmult == PENALTY_GRID[0]))[0]) for dg in range(1, max_deg + 1)]
+        chosen, scores = choose_degree(red[base], held[base])
         if chosen == 0:
             return {"degree": 0, "scores": scores}
-        held_med = float(np.median(red[chosen][held[chosen]]))
-        held_star = np.where(held[chosen], red[chosen], np.nan)
+        cand_scores = _scores(red, held)
+        mine = np.flatnonzero(cdeg == chosen)
+        best = int(mine[np.nanargmin(cand_scores[mine])]) if np.isfinite(cand_scores[mine]).any() else base[chosen]
+        mult = float(cmult[best])
+        held_med = float(np.median(red[best][held[best]]))
+        held_star = np.where(held[best], red[best], np.nan)
     else:
         chosen = max_deg = int(degree)
+        mult = PLANE_PENALTY
     planes, xy, flux, sky, model = _final_core(p0, theta, st_xy, st_flux, st_sky, w, d, u, lam, jnp.asarray(chosen),
-                                               sx=sx, n_cg=n_cg, max_deg=max_deg)
+                                               jnp.asarray(mult, dt), sx=sx, n_cg=n_cg, max_deg=max_deg)
     planes = np.asarray(planes, float)[: n_terms(chosen)]
     planes[0] = planes[0] + np.asarray(p0, float)
     return {"degree": chosen, "planes": planes, "offset": offset, "scale": scale,
             "hull": convex_hull(np.asarray(frame_xy, float)[good]), "xy": np.asarray(xy), "flux": np.asarray(flux),
             "sky": np.asarray(sky), "model": np.asarray(model), "scores": scores, "heldout_chi2": held_med,
+            "penalty": mult,
             "heldout": held_star}
