@@ -366,7 +366,10 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
         if nsigma is not None or npixels is not None:
             from dataclasses import replace
 
+            # nsigma is the faintest pass's threshold; the bright pass is never below it (a raised nsigma
+            # detects less, whichever pass would have found a source)
             p = replace(p, hot_nsigma=p.hot_nsigma if nsigma is None else nsigma,
+                        cold_nsigma=p.cold_nsigma if nsigma is None else max(p.cold_nsigma, nsigma),
                         hot_npixels=p.hot_npixels if npixels is None else int(check_positive("npixels", npixels)))
         deblend = True if deblend is None else bool(deblend)
         seg = detect_twopass(arr, fwhm=fwhm, passes=p, mask=user | off, sigma=sigma)
