@@ -297,13 +297,17 @@ def _compact(out_dir):
     recs = _manifest_records(out_dir)
     if not recs:
         return
+    _rewrite_csv(path, MANIFEST_COLUMNS, (_row(rec) for rec in recs.values()))
+
+
+def _rewrite_csv(path, columns, rows):
+    """Replace the CSV file ``path`` by ``columns`` and ``rows`` atomically (temp file, fsync, rename)."""
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(MANIFEST_COLUMNS)
-            for rec in recs.values():
-                w.writerow(_row(rec))
+            w.writerow(columns)
+            w.writerows(rows)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -757,19 +761,7 @@ def _compact_frames(path):
     tab = read_frame_manifest(os.path.dirname(os.path.dirname(path)))
     if not len(tab):
         return
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(FRAME_COLUMNS)
-            for row in tab:
-                w.writerow([row[c] for c in FRAME_COLUMNS])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    _rewrite_csv(path, FRAME_COLUMNS, ([row[c] for c in FRAME_COLUMNS] for row in tab))
 
 
 # --------------------------------------------------------------------------

@@ -66,10 +66,21 @@ def psf(st, sx):
 
 def star_step(st, d, sx, a_sky, n_gn=3):
     """Gauss-Newton on each star's (x, y, flux, sky) with the PSF fixed."""
-    p = psf(st, sx)
+    xy, flux, sky = stars_gn(psf(st, sx), st.xy, st.flux, st.sky, d, st.w, sx, a_sky, n_gn)
+    return eqx.tree_at(lambda s: (s.xy, s.flux, s.sky), st, (xy, flux, sky))
+
+
+def stars_gn(p, xy, flux, sky, d, w, sx, a_sky=0.0, n_gn=3):
+    """``n_gn`` Gauss-Newton steps on each star's (x, y, flux, sky); returns ``(xy, flux, sky)``.
+
+    ``p``: one PSF ``(K, K)`` for every star, or each star's own ``(n, K, K)``
+    (a PSF that varies across the frame).  ``a_sky`` pulls each star's sky
+    towards 0, in units of its uncertainty.  A star with 3 or fewer usable
+    pixels keeps its values.
+    """
     dt = d.dtype
 
-    def one(pos, f, b, data, w):
+    def one(p, pos, f, b, data, w):
         def it(carry, _):
             pos, f, b = carry
             m1, cols = star_columns(p, pos, f, sx.size, sx.k, sx.psf_size)
@@ -89,12 +100,9 @@ def star_step(st, d, sx, a_sky, n_gn=3):
         (pos, f, b), _ = jax.lax.scan(it, (pos, f, b), None, length=n_gn)
         return pos, f, b
 
-    xy, flux, sky = jax.vmap(one)(st.xy, st.flux, st.sky, d, st.w)
-    ok = jnp.sum(st.w > 0, axis=(1, 2)) > 3
-    xy = jnp.where(ok[:, None], xy, st.xy)
-    flux = jnp.where(ok, flux, st.flux)
-    sky = jnp.where(ok, sky, st.sky)
-    return eqx.tree_at(lambda s: (s.xy, s.flux, s.sky), st, (xy, flux, sky))
+    nxy, nflux, nsky = jax.vmap(one, in_axes=(0 if p.ndim == 3 else None, 0, 0, 0, 0, 0))(p, xy, flux, sky, d, w)
+    ok = jnp.sum(w > 0, axis=(1, 2)) > 3
+    return jnp.where(ok[:, None], nxy, xy), jnp.where(ok, nflux, flux), jnp.where(ok, nsky, sky)
 
 
 def fit_theta(psf0, k, psf_size, n_it=15):
@@ -257,12 +265,7 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
     # sub-pixel phases), the information-weighted curvature penalty acts as lam * Laplacian^2;
     # precondition with that operator's inverse in Fourier space
     dr = diag_p * (1.0 + 20.0 * reg.lam * dloc / jnp.maximum(dnow, 1e-3)) + 1e-6 * scale
-    fx = jnp.fft.fftfreq(kk).astype(dt)
-    tri = jnp.where(jnp.abs(fx) > 0,
-                    (jnp.sin(jnp.pi * fx * k) / (k * jnp.sin(jnp.pi * jnp.where(fx == 0, 1.0, fx)))) ** 2, 1.0)
-    chat = tri[:, None] * tri[None, :]
-    chat = chat / jnp.mean(chat)
-    lhat = (2 * jnp.cos(2 * jnp.pi * fx)[:, None] + 2 * jnp.cos(2 * jnp.pi * fx)[None, :] - 4) ** 2
+    chat, lhat = fourier_operators(kk, k, dt)
     gf = 1.0 / ((1 + mu) * chat + reg.lam * lhat + 1e-6 + mu)
     sdr = 1.0 / jnp.sqrt(jnp.maximum(diag_p, 1e-3 * scale))
 
@@ -302,6 +305,18 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
         return (dp, ds[:, :2], ds[:, 2], ds[:, 3])
 
     return schur, rhs_p, precondition, back_substitute
+
+
+def fourier_operators(kk, k, dt):
+    """The stationary parts of the PSF's normal equations in Fourier space, ``(K, K)`` each: ``chat``, the
+    data's coupling of the ``k`` fine pixels of a native pixel (a k-wide triangle per axis, mean 1), and
+    ``lhat``, the squared Laplacian of the curvature penalty."""
+    fx = jnp.fft.fftfreq(kk).astype(dt)
+    tri = jnp.where(jnp.abs(fx) > 0,
+                    (jnp.sin(jnp.pi * fx * k) / (k * jnp.sin(jnp.pi * jnp.where(fx == 0, 1.0, fx)))) ** 2, 1.0)
+    chat = tri[:, None] * tri[None, :]
+    lhat = (2 * jnp.cos(2 * jnp.pi * fx)[:, None] + 2 * jnp.cos(2 * jnp.pi * fx)[None, :] - 4) ** 2
+    return chat / jnp.mean(chat), lhat
 
 
 def gn_step(st, d, reg, mu, sx, inf=None, fix_stars=False):

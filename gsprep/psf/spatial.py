@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..results import convex_hull, monomials, n_terms, term_degrees
-from .model import adjoint, centre, designs, laplacian, moffat_fine, star_columns
+from .model import adjoint, centre, designs, laplacian, moffat_fine
+from .solver import fourier_operators, stars_gn
 
 __all__ = ["max_degree", "normalise_positions", "spatial_fit"]
 
@@ -168,12 +169,7 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
     off = jnp.sum(jnp.abs(coef), axis=0) == 0
     gram = gram + jnp.diag(jnp.where(off, 1.0, 1e-6))
     ginv = jnp.linalg.inv(gram)
-    fx = jnp.fft.fftfreq(kk).astype(dt)
-    tri = jnp.where(jnp.abs(fx) > 0,
-                    (jnp.sin(jnp.pi * fx * k) / (k * jnp.sin(jnp.pi * jnp.where(fx == 0, 1.0, fx)))) ** 2, 1.0)
-    chat = tri[:, None] * tri[None, :]
-    chat = chat / jnp.mean(chat)
-    lhat = (2 * jnp.cos(2 * jnp.pi * fx)[:, None] + 2 * jnp.cos(2 * jnp.pi * fx)[None, :] - 4) ** 2
+    chat, lhat = fourier_operators(kk, k, dt)
     gf = 1.0 / (chat + lam * lhat + 1e-6)
     sdr = 1.0 / jnp.sqrt(jnp.maximum(dloc * scale, 1e-3 * scale))
     cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
@@ -191,27 +187,7 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
 
 def local_star_step(psfs, xy, flux, sky, w, d, sx, n_gn=3):
     """Gauss-Newton on each star's (x, y, flux, sky), each with its own PSF ``psfs (n, K, K)``."""
-    dt = d.dtype
-
-    def one(p, pos, f, b, data, ww):
-        def it(carry, _):
-            pos, f, b = carry
-            m1, cols = star_columns(p, pos, f, sx.size, sx.k, sx.psf_size)
-            r = data - (f * m1 + b)
-            wv = ww.reshape(-1)
-            h = cols.T @ (wv[:, None] * cols)
-            g = cols.T @ (wv * r.reshape(-1))
-            h = h + 1e-6 * jnp.diag(jnp.diag(h)) + 1e-30 * jnp.eye(4, dtype=dt)
-            step = jnp.linalg.solve(h, g)
-            step = jnp.where(jnp.isfinite(step), step, 0.0)
-            return (pos + jnp.clip(step[:2], -0.3, 0.3), f + step[2], b + step[3]), None
-
-        (pos, f, b), _ = jax.lax.scan(it, (pos, f, b), None, length=n_gn)
-        return pos, f, b
-
-    nxy, nflux, nsky = jax.vmap(one)(psfs, xy, flux, sky, d, w)
-    ok = jnp.sum(w > 0, axis=(1, 2)) > 3
-    return (jnp.where(ok[:, None], nxy, xy), jnp.where(ok, nflux, flux), jnp.where(ok, nsky, sky))
+    return stars_gn(psfs, xy, flux, sky, d, w, sx, 0.0, n_gn)
 
 
 def _models(psfs, xy, flux, sky, sx):
