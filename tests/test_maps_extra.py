@@ -9,6 +9,7 @@ from gsprep.cli import main
 from gsprep.noise import exposure_bad, sigma_image
 from gsprep.simulate import demo_frame, tan_wcs
 from gsprep.usermask import read_user_mask, region_mask
+from tests.test_noise_maps import write_config as noise_maps_config
 
 SHAPE = (200, 200)
 DQ_BAD = ((60, 40), (150, 170))  # (y, x), DQ = 4
@@ -73,12 +74,7 @@ def write_frame(folder):
 
 
 def write_config(folder, band_extra=()):
-    lines = ["[target]", 'name = "t1"', "ra = 150.1", "dec = 2.2", "r = 16.0", "", "[options]", "sky_order = 1",
-             "psf = false", "", "[bands.g]", 'file = "f_g.fits"', "fwhm = 2.6", "zeropoint = 25.0",
-             'filter = "sloan_g"', *band_extra, ""]
-    path = folder / "cfg.toml"
-    path.write_text("\n".join(lines))
-    return path
+    return noise_maps_config(folder, band_extra, r=16.0)
 
 
 def prepare(folder, band_extra):

@@ -49,8 +49,9 @@ def write_frame(folder, dq_all_bad=False, negative_var=False):
     return rms
 
 
-def write_config(folder, band_extra=()):
-    lines = ["[target]", 'name = "t1"', "ra = 150.1", "dec = 2.2", "r = 20.0", "", "[options]", "sky_order = 1",
+def write_config(folder, band_extra=(), r=20.0):
+    """A one-band config (no PSF) for the frame ``f_g.fits`` in ``folder``, with ``band_extra`` lines in [bands.g]."""
+    lines = ["[target]", 'name = "t1"', "ra = 150.1", "dec = 2.2", f"r = {r}", "", "[options]", "sky_order = 1",
              "psf = false", "", "[bands.g]", 'file = "f_g.fits"', "fwhm = 2.6", "zeropoint = 25.0",
              'filter = "sloan_g"', *band_extra, ""]
     path = folder / "cfg.toml"
