@@ -93,7 +93,8 @@ class PrepareConfig:
     mask_nsigma: float | None = None  # None: the mask detection's own default (see cutout_mask)
     mask_npixels: int | None = None
     mask_detection: str = "twopass"
-    magnification: float = 2.0
+    magnification: float | None = None  # None: each neighbour grown by its own measured light (wing_level)
+    wing_level: float = 0.1  # noise units: neighbours' light masked down to this surface brightness
     deblend: bool = True
     max_grow: float = 100.0
     addgrow: float = 0.0
@@ -280,6 +281,7 @@ _OPTION_CHECKS = {
     "mask_npixels": lambda v: check_integer("mask_npixels", v, lower=1),
     "mask_detection": lambda v: check_choice("mask_detection", v, ("twopass", "single")),
     "magnification": lambda v: _checked_magnification(v),
+    "wing_level": lambda v: check_positive("wing_level", v),
     "max_grow": lambda v: check_nonnegative("max_grow", v),
     "addgrow": lambda v: check_nonnegative("addgrow", v),
     "star_nsigma": lambda v: check_positive("star_nsigma", v),

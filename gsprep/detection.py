@@ -25,9 +25,12 @@ from ._checks import as_image, as_mask, check_nonnegative, check_positive
 # gsprep does not depend on the mode, so that one message is not passed on
 DEBLEND_MODE_WARNING = "The deblending mode of one or more source labels"
 
-__all__ = ["Segmentation", "TwoPass", "background_stats", "detect", "detect_twopass", "grow_segments", "grow_sources"]
+__all__ = ["Segmentation", "TwoPass", "background_stats", "detect", "detect_twopass", "grow_segments", "grow_sources",
+           "isophote_growth"]
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+#: isophote_growth: the slope's range, and the growth's cap in units of the footprint's radius
+SLOPE_MIN, SLOPE_MAX, GROW_CAP = 1.5, 6.0, 2.0
 
 
 @dataclass(frozen=True)
@@ -460,9 +463,10 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
         new = lut[hot]
         labels = np.where(new > 0, new, labels)
         if wing.any() and (cold > 0).any():
-            # the wings join the footprint of the cold object whose light they are: flooded downhill from
-            # the cold objects on the smoothed frame, so the valley between two objects parts them
-            labels[wing] = _flood(hot_sm, cold, wing, hot_rms)[wing]
+            # the wings join the footprint of the object whose light they are: flooded downhill from the
+            # objects (cold, and the hot ones kept) on the smoothed frame, so the valley between two objects
+            # parts them and a bright object's wing never wraps around a fainter neighbour
+            labels[wing] = _flood(hot_sm, labels, wing, hot_rms)[wing]
     labels, _, _ = relabel_sequential_int(labels)
     if labels.max() == 0:
         t = _empty_table(wcs is not None)
@@ -475,15 +479,18 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
 
 
 def _flood(smoothed, seeds, free, rms):
-    """``seeds`` (labels) grown over the ``free`` pixels downhill on ``smoothed`` (watershed)."""
+    """``seeds`` (labels) grown over the ``free`` pixels downhill on ``smoothed`` (watershed).
+
+    A flooding watershed (scikit-image): level by level, each seed takes the
+    free pixels next to it, so two objects part along the valley between
+    them; a brighter object never wraps around a fainter one.
+    """
+    from skimage.segmentation import watershed
+
     region = free | (seeds > 0)
     t = np.arcsinh(np.where(region, smoothed, 0.0) / max(rms, 1e-30))
-    lo, hi = float(t[region].min()), float(t[region].max())
-    level = np.round((hi - t) / max(hi - lo, 1e-30) * 65534).astype(np.uint16)
-    level[~region] = 65535
     markers = np.where(seeds > 0, seeds, 0).astype(np.int32)
-    # pixels outside the region get no marker and the highest level: reached last, they part nothing
-    out = ndimage.watershed_ift(level, markers, structure=np.ones((3, 3), bool))
+    out = watershed(-t, markers, mask=region, connectivity=2)
     return np.where(free & (out > 0), out, 0)
 
 
@@ -496,7 +503,87 @@ def relabel_sequential_int(labels):
     return lut[labels], old, lut[old]
 
 
-def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, min_grow=0, exclude=()):
+def isophote_growth(labels, table, smoothed, *, rms, pixel_rms, floor, fwhm, level=0.2, exclude=()):
+    """How far each source's light reaches beyond its footprint, from the slope of its own isophotes.
+
+    On the PSF-smoothed frame (noise ``rms``), a source's footprint ends at
+    the isophote ``L1`` (its faintest pixel, at least ``floor`` times
+    ``rms``) and encloses the area of a circle of radius ``r1``; its pixels
+    above ``2 L1`` that of a circle of radius ``r2``.  The profile's
+    logarithmic slope there, ``s = ln 2 / ln(r1 / r2)``, extrapolated as a
+    power law (shallower than the Gaussian or Moffat wing it meets, so on
+    the safe side) falls to ``level`` times the pixel noise ``pixel_rms`` at
+    ``r1 (L1 rms / (level pixel_rms)) ** (1 / s)``; the growth is that
+    radius less ``r1``.  A source too faint for two isophotes (peak under
+    ``4 L1``) takes the slope of the PSF-smoothed PSF's Gaussian core at
+    ``r1``, ``r1^2 / (2 sigma^2)``.  Bright sources with broad wings get
+    wide margins, faint ones and steep stars narrow ones.
+
+    Parameters
+    ----------
+    labels : int array
+        Segmentation.
+    table : Table
+        One row per source (needs ``label``).
+    smoothed : array
+        The PSF-smoothed, background-subtracted frame the segments come from.
+    rms, pixel_rms : float
+        Noise of ``smoothed`` and of one pixel of the frame.
+    floor : float
+        The detection threshold, in units of ``rms``.
+    fwhm : float
+        PSF FWHM, pixels.
+    level : float
+        Surface brightness, in units of ``pixel_rms``, down to which a
+        source's light is covered.
+    exclude : iterable of int
+        Labels to skip.
+
+    Returns
+    -------
+    dict
+        ``label: growth`` in pixels (>= 0).
+    """
+    level = check_positive("level", level)
+    fwhm = check_positive("fwhm", fwhm)
+    labels = np.asarray(labels)
+    exclude = {int(e) for e in exclude}
+    slices = ndimage.find_objects(labels)
+    rms = max(float(rms), 1e-30)
+    s2 = 2.0 * (fwhm * FWHM_TO_SIGMA) ** 2  # variance of the PSF smoothed by the PSF (Gaussian core)
+    out = {}
+    for row in table:
+        lab = int(row["label"])
+        if lab in exclude or lab > len(slices) or slices[lab - 1] is None:
+            continue
+        sl = slices[lab - 1]
+        v = np.asarray(smoothed[sl])[labels[sl] == lab] / rms
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            out[lab] = 0.0
+            continue
+        # the faintest isophote the segment's own pixels trace all round (a deblended piece's edge
+        # against its neighbour is not one): its tenth percentile, never below the threshold
+        l1 = max(float(floor), float(np.percentile(v, 10)))
+        a1 = max(int(np.count_nonzero(v >= l1)), 1)
+        a2 = int(np.count_nonzero(v >= 2.0 * l1))
+        # the cap is in units of the source's half-width (a trail's growth is bounded by its width)
+        q = float(row["q"]) if "q" in row.colnames and np.isfinite(row["q"]) else 1.0
+        sq = np.sqrt(np.clip(q, 0.05, 1.0))
+        r1 = np.sqrt(a1 / np.pi)
+        if float(np.max(v)) >= 4.0 * l1 and 3 <= a2 < a1:
+            slope = np.log(2.0) / np.log(r1 / np.sqrt(a2 / np.pi))
+        else:
+            slope = r1**2 / (2.0 * s2)
+        slope = float(np.clip(slope, SLOPE_MIN, SLOPE_MAX))
+        ratio = l1 * rms / (level * max(float(pixel_rms), 1e-30))
+        r_all = np.sqrt(v.size / np.pi)
+        g = float(r1 * ratio ** (1.0 / slope)) - r_all if ratio > 1 else 0.0
+        out[lab] = float(np.clip(g, 0.0, GROW_CAP * r_all * sq))
+    return out
+
+
+def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, min_grow=0, exclude=(), growth=None):
     """Mask every source by its own segment dilated in proportion to its size.
 
     Each source's segment is grown by ``g = min((magnification - 1) * r +
@@ -504,7 +591,9 @@ def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, 
     radius of the circle with the segment's area: bright and big sources
     get wide margins, faint specks narrow ones, and the mask follows the
     segment's own shape, so two stars merged in one segment get two round
-    masks rather than one long ellipse.
+    masks rather than one long ellipse.  ``growth`` (``label: pixels``, e.g.
+    from :func:`isophote_growth`) replaces ``(magnification - 1) * r`` for the
+    labels it holds.
 
     Returns
     -------
@@ -531,7 +620,11 @@ def grow_segments(labels, table, *, magnification=2.0, max_grow=100, addgrow=0, 
         lab = int(row["label"])
         if lab in exclude or lab > len(slices) or slices[lab - 1] is None:
             continue
-        g = min((mag - 1.0) * np.sqrt(float(row["area"]) / np.pi) + min_grow, max_grow) + addgrow
+        own_g = growth.get(lab) if growth is not None else None
+        if own_g is None:
+            g = min((mag - 1.0) * np.sqrt(float(row["area"]) / np.pi) + min_grow, max_grow) + addgrow
+        else:
+            g = min(max(float(own_g), min_grow), max_grow) + addgrow
         if g <= 0:
             continue
         sy, sx = slices[lab - 1]

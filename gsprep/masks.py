@@ -21,6 +21,8 @@ from .detection import (
     detect,
     detect_twopass,
     grow_segments,
+    isophote_growth,
+    smoothed_noise,
     source_table,
 )
 
@@ -249,9 +251,9 @@ def _grow_inner(piece, peak, center, g, shape, keep):
 
 
 def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=32, contrast=0.001,
-                magnification=2.0, max_grow=100, addgrow=0, target_radius=None, keep_target=True,
+                magnification=None, max_grow=100, addgrow=0, target_radius=None, keep_target=True,
                 bad=None, saturation=None, sigma=None, center=None, off_frame=None,
-                require_target=True, detection="twopass", passes=None, split_nsigma=4.0):
+                require_target=True, detection="twopass", passes=None, split_nsigma=4.0, wing_level=0.1):
     """Mask the neighbours of the target in a cutout, keeping the target's own light.
 
     Sources are found by a two-pass detection (``detection="twopass"``, the
@@ -266,11 +268,15 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
     of the target: the median of its segment in elliptical annuli; see
     :func:`split_inner`) is split off and masked, on the pixels nearer to it
     than to the target's centre and never within half a FWHM of that centre.
-    Every other source is masked by its footprint grown by
-    ``min((magnification - 1) * r + fwhm / 2, max_grow) + addgrow`` pixels,
-    ``r`` the radius of the circle with the footprint's area
-    (:func:`gsprep.detection.grow_segments`).  The target's own segment is
-    never masked by another source's growth.
+    Every other source is masked by its footprint grown as far as its own
+    light reaches above ``wing_level`` times the pixel noise, extrapolated from the
+    slope of its isophotes (:func:`gsprep.detection.isophote_growth`; at
+    least ``fwhm / 2``, at most ``max_grow``, plus ``addgrow`` pixels), so a
+    bright galaxy's wings are covered and a faint speck costs little; or,
+    when ``magnification`` is given, by ``min((magnification - 1) * r +
+    fwhm / 2, max_grow) + addgrow`` pixels, ``r`` the radius of the circle
+    with the footprint's area (:func:`gsprep.detection.grow_segments`).  The
+    target's own segment is never masked by another source's growth.
 
     Parameters
     ----------
@@ -290,8 +296,12 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
         photutils' deblending, ``nlevels`` and ``contrast``).
     nlevels, contrast : int, float
         photutils deblending parameters (``detection="single"``).
-    magnification, max_grow, addgrow : float
-        Growth of neighbour masks (see above); pixels for the last two.
+    magnification : float, optional
+        Grow each neighbour in proportion to its footprint's size, by this
+        factor (>= 1; GalfitS's ``magnification``), instead of by its
+        measured light (default; see above).
+    max_grow, addgrow : float
+        Cap on the growth and pixels added to every growth.
     target_radius : float, optional
         Search radius for the target, pixels (default ``2 * fwhm``).
     keep_target : bool
@@ -318,6 +328,9 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
     split_nsigma : float
         Height, in noise units of the smoothed residual, a peak on the
         target needs to be split off as a neighbour.
+    wing_level : float
+        Surface brightness, in units of the pixel noise, down to which each
+        neighbour's light is masked (when ``magnification`` is not given).
 
     Returns
     -------
@@ -415,11 +428,25 @@ def cutout_mask(data, *, fwhm, nsigma=None, npixels=None, deblend=None, nlevels=
                 cold = dict(zip(np.asarray(seg.table["label"]).tolist(), np.asarray(seg.table["cold"]).tolist(),
                                 strict=True))
                 table["cold"] = [bool(cold.get(int(lab), False)) for lab in table["label"]]
-    grown, _ = grow_segments(labels, table, magnification=magnification, max_grow=max_grow,
-                             addgrow=addgrow, min_grow=PSF_GROW * fwhm, exclude=(target,) if target else ())
+    growth = None
+    if magnification is None:
+        clean = np.where(nonfinite | user | off, 0.0, arr - seg.background)
+        sm = ndimage.gaussian_filter(clean, fwhm * FWHM_TO_SIGMA, mode="nearest")
+        floor = p.hot_nsigma if detection == "twopass" else float(nsig_used)
+        growth = isophote_growth(labels, table, sm, rms=seg.rms, pixel_rms=smoothed_noise(clean, nonfinite | user | off),
+                                 floor=floor, fwhm=fwhm, level=wing_level,
+                                 exclude=(target,) if target else ())
+    grown, _ = grow_segments(labels, table, magnification=2.0 if magnification is None else magnification,
+                             max_grow=max_grow, addgrow=addgrow, min_grow=PSF_GROW * fwhm,
+                             exclude=(target,) if target else (), growth=growth)
     neighbour = grown & (labels != target) if target else grown
+    if target:
+        # nor is the centre itself, where it lies outside every footprint (a centre given off the target's peak)
+        yy, xx = np.ogrid[:ny, :nx]
+        neighbour &= ~((np.hypot(xx - center[0], yy - center[1]) <= 0.5 * fwhm) & (labels == 0))
+    mag_inner = 2.0 if magnification is None else magnification
     for piece, peak in inner:
-        g = min((magnification - 1.0) * np.sqrt(piece.sum() / np.pi) + PSF_GROW * fwhm, max_grow) + addgrow
+        g = min((mag_inner - 1.0) * np.sqrt(piece.sum() / np.pi) + PSF_GROW * fwhm, max_grow) + addgrow
         neighbour |= _grow_inner(piece, peak, center, g, arr.shape, keep=0.5 * fwhm)
     bits = np.zeros(arr.shape, dtype=np.int16)
     bits[neighbour] |= NEIGHBOUR

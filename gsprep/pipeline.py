@@ -466,7 +466,8 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
     try:
         mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
                            deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
-                           magnification=config.magnification, detection=config.mask_detection,
+                           magnification=config.magnification, wing_level=config.wing_level,
+                           detection=config.mask_detection,
                            target_radius=getattr(config, "target_radius", None),
                            bad=~(sig > 0) | user_cut, require_target=config.require_target)
     except TargetNotFoundError:
