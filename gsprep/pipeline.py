@@ -446,6 +446,31 @@ def _corrected_cut(clean, r, target, correction):
     return dataclasses.replace(cut, wcs=w, ra=ra, dec=dec)
 
 
+def _cut_window(frame, config, target, spec, sky, exptime, gain):
+    """Cutout and sigma of a band whose frame is read by window (``frame.window(ys, xs)``), its sky known.
+
+    The cut's geometry does not depend on the pixels (no ``recenter``), so it
+    is taken on a stand-in of the frame's shape; then only the frame pixels
+    under the cut are read, sky-subtracted and given their sigma, with the
+    same element-wise arithmetic as on the whole frame: the same cutout and
+    sigma image as ``_band_cut`` and ``_sigma_full`` (no noise map).
+    """
+    ny, nx = frame.shape
+    cut = _band_cut(np.zeros((ny, nx), np.float32), config, target, spec)
+    n = cut.data.shape[-1]
+    x0, y0 = cut.origin
+    ys, xs = slice(max(y0, 0), min(y0 + n, ny)), slice(max(x0, 0), min(x0 + n, nx))
+    clean = frame.window(ys, xs) - sky.background[ys, xs]
+    sig = frame_sigma(clean, sky, exptime=exptime, gain=gain, unit=spec.unit)
+
+    def place(values):
+        out = np.full((n, n), np.nan)
+        out[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = values
+        return out
+
+    return dataclasses.replace(cut, data=place(clean)), place(sig)
+
+
 def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=None, frames=None):
     """Cutout, sigma, mask and PSF stamps of one band, its sky known (no PSF yet); ``target`` from ``_cut_target``.
 
@@ -455,14 +480,22 @@ def _band_after_sky(image, target, config, spec, sky, exptime, gain, band, maps=
     sigma.  ``frames``: precomputed frame products (see ``prepare_target``),
     whose ``stars(band)`` replaces the star search.
     """
-    clean = image.data - sky.background
-    cut = _band_cut(clean, config, target, spec)
-    sig_full = _sigma_full(clean, sky, spec, exptime, gain, maps)
+    section = getattr(image.data, "window", None)  # a frame read by window (the batch's frame cache)
+    if (section is not None and frames is not None and maps is None and getattr(config, "recenter", None) is None
+            and np.all(np.asarray(sky.rms) > 0)):
+        cut, sig = _cut_window(image.data, config, target, spec, sky, exptime, gain)
+        clean = sig_full = None  # not needed: the stars come from the frame cache
+    else:
+        if section is not None:
+            image = dataclasses.replace(image, data=section(slice(None), slice(None)))
+        clean = image.data - sky.background
+        cut = _band_cut(clean, config, target, spec)
+        sig_full = _sigma_full(clean, sky, spec, exptime, gain, maps)
+        sig = _sub(sig_full, cut)
     bad_cut = user_cut = np.zeros(cut.data.shape[-2:], bool)
     if maps is not None:
         bad_cut = _sub(maps.bad.astype(float), cut) > 0  # NaN (off the frame) is False
         user_cut = _sub(maps.user.astype(float), cut) > 0
-    sig = _sub(sig_full, cut)
     try:
         mask = cutout_mask(cut, fwhm=spec.fwhm, nsigma=config.mask_nsigma, npixels=config.mask_npixels,
                            deblend=config.deblend, max_grow=config.max_grow, addgrow=config.addgrow,
@@ -785,13 +818,18 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False,
     order) and the other bands are still written.  An ``out_dir`` that
     already holds this target's products is refused before any work unless
     ``overwrite``.  ``frames``: precomputed frame-level products (see
-    :func:`prepare_target`; ``gsprep batch`` passes its frame cache).
+    :func:`prepare_target`; ``gsprep batch`` passes its frame cache); when
+    they hold a band's sky and stars, and no figure or sky-subtracted frame
+    is asked for, ``frames.read_bands`` reads only the frame pixels under
+    the target's cut (same products).
     """
     check_out_dir(config, out_dir, figures=figures, overwrite=overwrite)
     from .presets import apply_presets
 
     config = apply_presets(config)  # each band's preset filled in from its file (an error stops here)
-    images, read_errors = read_bands(config)
+    windowed = frames is not None and hasattr(frames, "read_bands") and not figures and not getattr(
+        config, "write_sky_subtracted", False)  # figures and the sky-subtracted frame need whole frames
+    images, read_errors = frames.read_bands(config) if windowed else read_bands(config)
     maps = read_band_maps(config, images)  # a bad noise / DQ / mask map stops here, before any work
     products = (prepare_target(images, config.ra, config.dec, config, progress=progress, maps=maps, frames=frames)
                 if images else {})
