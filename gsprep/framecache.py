@@ -15,10 +15,12 @@ together and the oversampling.  A changed frame, map or option therefore
 gives new keys for exactly the products that depend on it, and the old
 entries are simply not used again.
 
-Each entry is a folder holding its payload (a pickle: the whole
+Each entry is a folder holding its payload (a pickle: the
 :class:`~gsprep.sky.SkyFit`, star table and :class:`~gsprep.stars.Stamps`, or
-:class:`~gsprep.psf.EPSFResult` with whatever spatial model it carries) and a
-``meta.json`` with the payload's SHA-256, written last.  An entry is written
+:class:`~gsprep.psf.EPSFResult` with whatever spatial model it carries; a sky's
+frame-sized background is kept apart as ``background.npy`` and read back
+memory-mapped, so that a target reads only the part under its cut) and a
+``meta.json`` with the SHA-256 of each file, written last.  An entry is written
 into a temporary folder and renamed into place, so a killed run leaves no
 half-written entry (only a ``.tmp-*`` folder, removed by the next run); an
 entry whose checksum or unpickling fails is treated as missing and
@@ -29,7 +31,11 @@ fitted, no PSF star) are stored too, so every target gets the same message
 The products read back are the very objects ``prepare_target`` computes, so
 a target prepared from the cache is identical to ``gsprep prepare`` on that
 target alone (on the CPU; on a GPU ``prepare`` fits the skies of same-shape
-bands in one stacked call, which agrees to float32 rounding).
+bands in one stacked call, which agrees to float32 rounding).  A target
+whose bands' sky and stars are cached reads only the pixels of each frame
+under its cut (:meth:`CachedFrames.read_bands`, :class:`FrameSection`) and
+computes the sigma image there alone, with the same element-wise arithmetic,
+so its products are the same as from the whole frame.
 """
 
 from __future__ import annotations
@@ -51,9 +57,10 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["SCHEMA", "WORK", "CachedFrames", "FrameCache", "field_task", "file_digest", "frame_task"]
+__all__ = ["SCHEMA", "WORK", "CachedFrames", "FrameCache", "FrameSection", "field_task", "file_digest",
+           "frame_task"]
 
-SCHEMA = 1
+SCHEMA = 2  # 2: a sky's background stored apart (background.npy, memory-mapped when read)
 #: frame-level computations done in this process, by kind ("sky", "stars", "psf"): the tests count them
 WORK = collections.Counter()
 
@@ -67,6 +74,7 @@ _TARGET_ONLY_CONFIG = frozenset({"name", "ra", "dec", "x", "y", "r", "redshift",
 _STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf", "star_catalog", "stars_from")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _digests = {}
+_BACKGROUND = "background.npy"
 
 
 def _now():
@@ -157,11 +165,12 @@ class FrameCache:
 
     ``get(key)`` returns the payload, or None when the entry is missing or
     corrupt (a corrupt one is deleted); ``put(key, payload, info)`` writes an
-    entry atomically.  A few recently read entries are kept in memory, so
+    entry atomically.  A few recently read entries are kept in memory (a
+    sky's background memory-mapped, so a few frames' worth costs little), so
     that targets on one frame that run on the same worker read it once.
     """
 
-    def __init__(self, root, *, keep=6):
+    def __init__(self, root, *, keep=24):
         self.root = os.fspath(root)
         self.keep = keep
         self._mem = collections.OrderedDict()
@@ -211,9 +220,19 @@ class FrameCache:
                 blob).hexdigest():
             raise CorruptEntry(f"{key}: checksum or schema does not match")
         try:
-            return pickle.loads(blob)  # our own cache folder, checksummed
+            payload = pickle.loads(blob)  # our own cache folder, checksummed
         except Exception as exc:  # noqa: BLE001 - unpickling a stale class, a truncated stream, ...
             raise CorruptEntry(f"{key}: {exc}") from None
+        if _BACKGROUND in meta.get("arrays", {}):
+            path = os.path.join(folder, _BACKGROUND)
+            try:
+                if _array_digest(path) != meta["arrays"][_BACKGROUND]:
+                    raise CorruptEntry(f"{key}: {_BACKGROUND} checksum does not match")
+                background = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise CorruptEntry(f"{key}: {exc}") from None
+            payload = {**payload, "sky": dataclasses.replace(payload["sky"], background=background)}
+        return payload
 
     def drop(self, key):
         """Remove an entry (moved aside first, so no reader sees half of it)."""
@@ -232,10 +251,17 @@ class FrameCache:
         tmp = os.path.join(self.root, f".tmp-{key}-{uuid.uuid4().hex[:8]}")
         os.mkdir(tmp)
         try:
-            blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            stored, arrays = payload, {}
+            sky = payload.get("sky") if isinstance(payload, dict) else None
+            if isinstance(getattr(sky, "background", None), np.ndarray):  # the frame-sized array apart, mappable
+                data = _npy_bytes(sky.background)
+                _write_synced(os.path.join(tmp, _BACKGROUND), data)
+                arrays[_BACKGROUND] = hashlib.sha256(data).hexdigest()
+                stored = {**payload, "sky": dataclasses.replace(sky, background=None)}
+            blob = pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL)
             _write_synced(os.path.join(tmp, "payload.pkl"), blob)
             meta = {"schema": SCHEMA, "key": key, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
-                    "gsprep": __version__, "written": _now(), **(info or {})}
+                    "arrays": arrays, "gsprep": __version__, "written": _now(), **(info or {})}
             _write_synced(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1, default=repr).encode())
             final = self.path(key)
             if os.path.exists(final):
@@ -257,6 +283,30 @@ class FrameCache:
             for name in os.listdir(self.root):
                 if name.startswith(".tmp-"):
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+
+def _npy_bytes(arr):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+_verified = {}
+
+
+def _array_digest(path):
+    """SHA-256 of a cached array file, computed once per process while its size, mtime and inode stay the same."""
+    st = os.stat(path)
+    memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo not in _verified:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _verified[memo] = h.hexdigest()
+    return _verified[memo]
 
 
 def _write_synced(path, data):
@@ -371,6 +421,67 @@ def ensure_psfs(cache, stars_keys, stamps, oversampling, degree=0):
     return {b: (ValueError(e["error"]) if "error" in e else e["psf"]) for b, e in entry.items()}, key, computed
 
 
+_MAP_KEYS = ("noise", "noise_hdu", "dq", "dq_hdu", "user_mask", "user_mask_hdu", "exposure", "exposure_hdu", "preset")
+
+
+class FrameSection:
+    """The pixels of a plain 2-D float image HDU, read by window: ``window(ys, xs)`` reads ``frame[ys, xs]``.
+
+    As :func:`gsprep.read_image` gives them: float64, inf made NaN.  Only
+    the window's bytes are read (``astropy.io.fits`` section of a
+    memory-mapped file).
+    """
+
+    ndim = 2
+
+    def __init__(self, path, hdu, shape):
+        self.path, self.hdu, self.shape = os.fspath(path), hdu, tuple(shape)
+
+    def window(self, ys, xs):
+        from astropy.io import fits
+
+        with fits.open(self.path, memmap=True) as hdul:
+            data = np.array(hdul[self.hdu].section[ys, xs], dtype=np.float64)
+        data[~np.isfinite(data)] = np.nan
+        return data
+
+
+def _header_image(spec, band):
+    """The band's frame as an :class:`~gsprep.io.Image` whose ``data`` is a :class:`FrameSection`, or None.
+
+    None (read the whole frame instead) unless the HDU is a plain, unscaled
+    2-D float image, whose section reads give exactly ``read_image``'s pixels.
+    Header, WCS, exposure time and gain as ``read_image`` reads them, its
+    header warnings included.
+    """
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from .io import Image, _header_exptime, _header_number, _pass_on
+    from .wcs import pixel_scale
+
+    path = os.fspath(spec.file)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(path, memmap=True) as hdul:
+            h = hdul[spec.hdu]
+            hdr = h.header
+            if (type(h) not in (fits.PrimaryHDU, fits.ImageHDU) or hdr.get("NAXIS") != 2
+                    or hdr.get("BITPIX") not in (-32, -64) or any(k in hdr for k in ("BSCALE", "BZERO", "BLANK"))):
+                return None
+            header = hdr.copy()
+            full = WCS(header, fobj=hdul)
+    _pass_on(caught, path)
+    wcs = full.celestial if full.has_celestial else None
+    if wcs is not None and wcs.naxis != 2:
+        wcs = None
+    return Image(data=FrameSection(path, spec.hdu, (header["NAXIS2"], header["NAXIS1"])), wcs=wcs, header=header,
+                 unit=spec.unit, band=band, pixel_scale=None if wcs is None else pixel_scale(wcs),
+                 exptime=_header_exptime(header, path), gain=_header_number(header, ("GAIN", "CCDGAIN"), path))
+
+
 class CachedFrames:
     """The frame products of one target's bands, read from the cache (``prepare_target(frames=...)``).
 
@@ -401,6 +512,35 @@ class CachedFrames:
             raise ValueError(entry["error"])
         return entry
 
+    def read_bands(self, config):
+        """``pipeline.read_bands(config)``, a band's frame read by window (:class:`FrameSection`) where it can be.
+
+        That is where the band's sky and stars are cached (not an error),
+        it has no noise, DQ, exposure or user-mask map nor preset, the cut
+        is not recentred and the frame is a plain float image: its target
+        then needs only the pixels under its cut.  Other bands are read
+        whole, with ``read_bands``' errors.
+        """
+        from .pipeline import read_bands
+
+        images, whole = {}, []
+        for band, spec in config.bands.items():
+            image = None
+            if (band in self.keys and getattr(config, "recenter", None) is None
+                    and all(getattr(spec, k, None) is None for k in _MAP_KEYS)
+                    and all(_usable(self.cache.get(k)) for k in self.keys[band][: 2 if config.psf else 1])):
+                try:
+                    image = _header_image(spec, band)
+                except _READ_ERRORS:
+                    image = None
+            if image is None:
+                whole.append(band)
+            images[band] = image
+        read, errors = read_bands(dataclasses.replace(config, bands={b: config.bands[b] for b in whole})) if whole \
+            else ({}, {})
+        images = {b: images[b] or read[b] for b in config.bands if images[b] is not None or b in read}
+        return images, errors
+
     def sky(self, band):
         return self._frame(band, 0)["sky"]
 
@@ -413,6 +553,10 @@ class CachedFrames:
         if computed:
             self.computed.append("psf")
         return res
+
+
+def _usable(entry):
+    return entry is not None and "error" not in entry
 
 
 # --------------------------------------------------------------------------
