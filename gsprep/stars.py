@@ -343,10 +343,54 @@ def _windowed_shape(resid, x, y, fwhm_guess, good, niter=3):
     if not np.all(np.isfinite(lam)):
         return np.nan, np.nan
     lam = np.clip(lam, 1e-6, None)
-    return float(2.3548 * (lam[0] * lam[1]) ** 0.25), float(np.sqrt(lam[0] / lam[1]))
+    f, q = float(2.3548 * (lam[0] * lam[1]) ** 0.25), float(np.sqrt(lam[0] / lam[1]))
+    if f < UNDERSAMPLED_FWHM:
+        # a star a pixel or two wide: the sampled moments depend on where the star falls within its pixel
+        # (one centred on a pixel has almost no second moment left after the 1/12), so fit its pixels
+        f = _pixel_gaussian_fwhm(resid, good, cx, cy, f)
+    return f, q
 
 
 FWHM_TO_SIGMA_ = 1.0 / 2.3548200450309493
+#: below this moment FWHM (pixels), find_stars fits a pixel-integrated Gaussian instead
+UNDERSAMPLED_FWHM = 2.5
+
+
+def _pixel_gaussian_fwhm(resid, good, x, y, guess):
+    """FWHM (pixels) of a circular Gaussian integrated over each pixel, fitted to the 7x7 pixels around (x, y)."""
+    from scipy.optimize import least_squares
+    from scipy.special import erf
+
+    ny, nx = resid.shape
+    ix, iy = int(round(x)), int(round(y))
+    x0, x1, y0, y1 = max(ix - 3, 0), min(ix + 4, nx), max(iy - 3, 0), min(iy + 4, ny)
+    d = resid[y0:y1, x0:x1]
+    ok = good[y0:y1, x0:x1] & np.isfinite(d)
+    if ok.sum() < 9:
+        return guess
+    xs, ys = np.arange(x0, x1, dtype=float), np.arange(y0, y1, dtype=float)
+
+    def model(p):
+        fx, fy, ls, flux, b = p
+        s = np.exp(ls) * np.sqrt(2.0)
+        gx = 0.5 * (erf((xs + 0.5 - fx) / s) - erf((xs - 0.5 - fx) / s))
+        gy = 0.5 * (erf((ys + 0.5 - fy) / s) - erf((ys - 0.5 - fy) / s))
+        return flux * np.outer(gy, gx) + b
+
+    flux0 = float(np.sum(np.where(ok, d, 0.0)))
+    if not flux0 > 0:
+        return guess
+    s0 = max(guess, 0.8) * FWHM_TO_SIGMA_
+    p0 = [x, y, np.log(s0), flux0, 0.0]
+    lo = [x - 1.5, y - 1.5, np.log(0.03), 0.0, -np.inf]
+    hi = [x + 1.5, y + 1.5, np.log(5.0), np.inf, np.inf]
+    try:
+        res = least_squares(lambda p: (model(p) - d)[ok], p0, bounds=(lo, hi), x_scale="jac", max_nfev=200)
+    except ValueError:
+        return guess
+    if not res.success and res.status <= 0:
+        return guess
+    return float(2.3548200450309493 * np.exp(res.x[2]))
 
 
 # --------------------------------------------------------------------------

@@ -276,3 +276,37 @@ def test_select_stars_names_a_missing_column(rng, column):
         gsprep.select_stars(t, gsprep.StarCriteria(size=25))
     with pytest.raises(TypeError, match="catalog must be an astropy Table"):
         gsprep.select_stars({"q": [1.0]}, gsprep.StarCriteria(size=25))
+
+
+def test_fwhm_of_undersampled_stars_wherever_they_fall_in_the_pixel(rng):
+    """A star a pixel wide: its FWHM does not depend on where it falls within its pixel (pixel-integrated fit)."""
+    from scipy.special import erf
+
+    n, true = 160, 1.1
+    s = true / 2.3548200450309493 * np.sqrt(2.0)
+    img = rng.normal(0.0, 2.0, (n, n))
+    xy = [(x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)) for x in range(20, 150, 26) for y in range(20, 150, 26)]
+    ax = np.arange(n, dtype=float)
+    for x, y in xy:
+        gx = 0.5 * (erf((ax + 0.5 - x) / s) - erf((ax - 0.5 - x) / s))
+        gy = 0.5 * (erf((ax + 0.5 - y) / s) - erf((ax - 0.5 - y) / s))
+        img += 4e3 * np.outer(gy, gx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = gsprep.find_stars(img, fwhm=1.5, nsigma=5, npixels=3, size=15)
+    assert len(t) == len(xy)
+    # the windowed moments less the pixel's 1/12 gave 0.05-1.1 px here, by sub-pixel position
+    np.testing.assert_allclose(np.asarray(t["fwhm"]), true, rtol=0.05)
+
+
+def test_fwhm_of_ey_uma_stars_is_their_pixel_width():
+    """EY UMa's stars put ~90% of their light in one pixel: FWHM about half a pixel, none collapsed to ~0."""
+    data = fits.getdata(data_path("thumbnail-image.fit.gz")).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = gsprep.find_stars(data, fwhm=1.5, nsigma=5, npixels=5, size=15)
+    bright = t[np.asarray(t["peak"]) > np.percentile(np.asarray(t["peak"]), 50)]
+    f = np.asarray(bright["fwhm"])
+    assert np.isfinite(f).all()
+    assert 0.35 < np.median(f) < 0.8, np.median(f)
+    assert f.min() > 0.1, np.sort(f)[:5]  # the moments gave 0.002-0.03 for half of them

@@ -168,7 +168,7 @@ def _check_stamps_size(psf0, k, size):
 
 
 def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky=0.0, psf_size=None,
-             centers=None, regularization="auto", folds=3, robust=True, clip=5.0, chi2_nsigma=5.0, max_iter=40,
+             centers=None, regularization="auto", folds=3, robust=True, clip=5.0, chi2_nsigma=5.0, max_iter=60,
              n_cg=60, tol=1e-4, warn=True, method="gsprep", degree=0, origins=None):
     """Fit an empirical PSF jointly with every star's sub-pixel centre, flux and local sky.
 
