@@ -68,6 +68,8 @@ def background_stats(data, bad):
     if good.size == 0:
         msg = "data: every pixel is masked or non-finite; nothing to detect on"
         raise ValueError(msg)
+    if good.size > 1_000_000:  # a regular subsample of a million pixels estimates these as well, in less time
+        good = good[:: good.size // 1_000_000 + 1]
     _, med, std = sigma_clipped_stats(good, sigma=3.0, maxiters=10)
     if not np.isfinite(std) or std <= 0:
         std = float(np.std(good)) or 1.0
@@ -346,16 +348,19 @@ def smoothed_noise(smoothed, bad):
     return float(std)
 
 
-def _segment_pass(smoothed, threshold, npixels, contrast, nlevels, bad):
+def _segment_pass(smoothed, threshold, npixels, contrast, nlevels, bad, min_peak=None):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=NoDetectionsWarning)
         segm = detect_sources(smoothed, threshold, int(npixels), mask=bad)
         if segm is None:
             return np.zeros(smoothed.shape, dtype=np.int32)
         warnings.filterwarnings("ignore", DEBLEND_MODE_WARNING, AstropyUserWarning)
-        # only segments with two or more local maxima can split: deblending the others costs time for nothing
+        # only segments with two or more local maxima can split: deblending the others costs time for nothing;
+        # with ``min_peak``, only maxima that high count (a child under it would be dropped, its pixels lost)
         lab = np.asarray(segm.data)
         peaks = (smoothed >= ndimage.maximum_filter(smoothed, size=3)) & (lab > 0)
+        if min_peak is not None:
+            peaks &= smoothed >= min_peak
         count = np.bincount(lab[peaks], minlength=int(lab.max()) + 1)
         multi = np.flatnonzero(count >= 2)
         if len(multi):
@@ -434,7 +439,8 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
         # the hot pass looks only outside the cold objects, so a faint source next to a bright one is not
         # merged with it at the low threshold and then lost with it
         keep_out = bad if cold is None else bad | (cold > 0)
-        segs = _segment_pass(sm, thr, npix, contrast, p.nlevels, keep_out)
+        min_peak = None if cold is None else p.hot_peak * rms * (1.0 if scale is None else scale)
+        segs = _segment_pass(sm, thr, npix, contrast, p.nlevels, keep_out, min_peak=min_peak)
         if cold is None:
             cold = segs
         passes_out.append((sm, rms, segs))
@@ -445,20 +451,17 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
         # a hot object whose peak touches a cold object is that object's wing (the ring between the two
         # thresholds), not a source of its own: it goes to the cold object's footprint
         near_cold = ndimage.binary_dilation(cold > 0, iterations=1)
-        idx = np.arange(1, int(hot.max()) + 1)
-        peaks = ndimage.maximum_position(hot_sm, hot, idx)
+        nhot = int(hot.max())
+        peak_lab, peak_at = _label_peaks(hot_sm, hot)
         peak_thr = p.hot_peak * hot_rms * (1.0 if scale is None else scale)
-        peak_thr = np.broadcast_to(peak_thr, hot.shape)
-        is_wing = np.zeros(len(idx) + 1, bool)
-        lut = np.zeros(len(idx) + 1, np.int32)
-        for lab, pk in zip(idx, peaks, strict=True):
-            if pk is None:
-                continue
-            if near_cold[pk]:
-                is_wing[lab] = True
-            elif hot_sm[pk] >= peak_thr[pk]:
-                n += 1
-                lut[lab] = n
+        peak_thr = np.broadcast_to(peak_thr, hot.shape).ravel()[peak_at]
+        is_wing = np.zeros(nhot + 1, bool)
+        lut = np.zeros(nhot + 1, np.int32)
+        touches = near_cold.ravel()[peak_at]
+        is_wing[peak_lab[touches]] = True
+        kept = peak_lab[~touches & (hot_sm.ravel()[peak_at] >= peak_thr)]  # in label order
+        lut[kept] = np.arange(n + 1, n + 1 + len(kept), dtype=np.int32)
+        n += len(kept)
         wing = is_wing[hot]
         new = lut[hot]
         labels = np.where(new > 0, new, labels)
@@ -476,6 +479,18 @@ def detect_twopass(data, *, fwhm, passes=None, mask=None, sigma=None, wcs=None):
     ncold = int(np.count_nonzero(np.unique(cold)))  # the distinct cold labels (0 not counted)
     table["cold"] = np.asarray(table["label"]) <= ncold  # relabelling keeps the order: cold labels come first
     return Segmentation(labels, table, bkg, hot_rms, hot_sm)
+
+
+def _label_peaks(values, labels):
+    """Labels present (ascending) and the flat index of each one's highest pixel (the first, in raster order, on a tie)."""
+    flat = np.flatnonzero(labels)
+    if flat.size == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    lab = labels.ravel()[flat]
+    order = np.lexsort((flat, -values.ravel()[flat], lab))
+    lab_sorted = lab[order]
+    first = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+    return lab_sorted[first], flat[order][first]
 
 
 def _flood(smoothed, seeds, free, rms):
