@@ -40,7 +40,7 @@ TARGET = sersic_image(S, C, C, flux=2e4, r_eff=8, n=1.0, q=0.7, theta=0.3)
 def test_faint_neighbour_5px_from_the_centre_is_masked_and_the_target_keeps_its_centre():
     star = gaussian_star(C + 5, C, SNR6_FLUX)
     hits = 0
-    for seed in range(8):
+    for seed in range(16):
         noise = np.random.default_rng(seed).normal(0.0, 1.0, S)
         m = gsprep.cutout_mask(TARGET + star + noise, fwhm=FWHM)
         # the target keeps its centre, its label there, and all of its own pixels but the few around
@@ -57,14 +57,16 @@ def test_faint_neighbour_5px_from_the_centre_is_masked_and_the_target_keeps_its_
             assert not m.mask[np.hypot(xx - C, yy - C) <= 1.5].any()
         hits += int(hit)
     # SNR 6 is the significance of an ideal matched filter: with split_nsigma = 4 most, not all, are found
-    assert hits >= 6, hits
-    # without the neighbour the same frames keep the target's middle whole (no split on noise)
+    # (35 of 40 other noise realisations; 36 before the mirror test below, which then split 12 of 40 without one)
+    assert hits >= 12, hits
+    # without the neighbour the same frames keep the target's middle whole: the model's small misfit of the
+    # target's isophotes comes in point-symmetric pairs, which the mirror test leaves to the target
     kept = 0
-    for seed in range(8):
+    for seed in range(16):
         noise = np.random.default_rng(seed).normal(0.0, 1.0, S)
         m = gsprep.cutout_mask(TARGET + noise, fwhm=FWHM)
         kept += int(m.mask[int(C) - 8: int(C) + 9, int(C) - 8: int(C) + 9].sum() == 0)
-    assert kept >= 7, kept
+    assert kept >= 15, kept
 
 
 def test_single_detection_misses_that_neighbour():
