@@ -31,6 +31,8 @@ __all__ = ["Segmentation", "TwoPass", "background_stats", "detect", "detect_twop
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 #: isophote_growth: the slope's range, and the growth's cap in units of the footprint's radius
 SLOPE_MIN, SLOPE_MAX, GROW_CAP = 1.5, 6.0, 2.0
+#: isophote_growth: a source whose peak is this many times its footprint's isophote is measured in its wing
+BRIGHT = 16.0
 
 
 @dataclass(frozen=True)
@@ -532,10 +534,14 @@ def isophote_growth(labels, table, smoothed, *, rms, pixel_rms, floor, fwhm, lev
     power law (shallower than the Gaussian or Moffat wing it meets, so on
     the safe side) falls to ``level`` times the pixel noise ``pixel_rms`` at
     ``r1 (L1 rms / (level pixel_rms)) ** (1 / s)``; the growth is that
-    radius less ``r1``.  A source too faint for two isophotes (peak under
-    ``4 L1``) takes the slope of the PSF-smoothed PSF's Gaussian core at
-    ``r1``, ``r1^2 / (2 sigma^2)``.  Bright sources with broad wings get
-    wide margins, faint ones and steep stars narrow ones.
+    radius less ``r1``, at most twice the source's half-width (so a trail
+    grows by its width, not its length).  A faint source (peak under
+    ``BRIGHT`` = 16 times ``L1``), whose footprint is its core, whose slope
+    is shallower than that of the wing beyond, takes no shallower a slope
+    than the PSF-smoothed PSF's Gaussian core at ``r1``, ``r1^2 / (2
+    sigma^2)``; one too faint for two isophotes takes that slope.  Bright
+    sources with broad wings get wide margins, faint ones and steep stars
+    narrow ones.
 
     Parameters
     ----------
@@ -589,10 +595,16 @@ def isophote_growth(labels, table, smoothed, *, rms, pixel_rms, floor, fwhm, lev
         q = float(row["q"]) if "q" in row.colnames and np.isfinite(row["q"]) else 1.0
         sq = np.sqrt(np.clip(q, 0.05, 1.0))
         r1 = np.sqrt(a1 / np.pi)
-        if float(np.max(v)) >= 4.0 * l1 and 3 <= a2 < a1:
+        core = r1**2 / (2.0 * s2)  # the slope of the PSF-smoothed PSF's Gaussian core at r1
+        peak = float(np.max(v))
+        if peak >= 4.0 * l1 and 3 <= a2 < a1:
             slope = np.log(2.0) / np.log(r1 / np.sqrt(a2 / np.pi))
+            if peak < BRIGHT * l1:
+                # a faint source's footprint is its core, whose slope is shallower than the wing beyond:
+                # no shallower than the PSF's core there (a bright source's isophotes lie in its own wing)
+                slope = max(slope, core)
         else:
-            slope = r1**2 / (2.0 * s2)
+            slope = core
         slope = float(np.clip(slope, SLOPE_MIN, SLOPE_MAX))
         ratio = l1 * rms / (level * max(float(pixel_rms), 1e-30))
         r_all = np.sqrt(v.size / np.pi)

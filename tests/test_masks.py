@@ -169,3 +169,31 @@ def test_cutout_mask_bad_center_is_one_clear_error(center, match):
     data = np.random.default_rng(3).normal(size=(41, 41))
     with pytest.raises(ValueError, match=match):
         gsprep.cutout_mask(data, fwhm=3.0, center=center)
+
+
+def test_growth_follows_each_source_light_and_a_trail_stays_narrow(rng):
+    """isophote_growth: a bright star is grown further than a faint one; a satellite trail by its width."""
+    img = rng.normal(0.0, NOISE, SHAPE)
+    img += sersic_image(SHAPE, C, C, flux=3e4, r_eff=8, n=1.0, q=0.7, theta=0.3)
+    img += 3e4 * moffat_psf(SHAPE, 40.3, 150.6, fwhm=FWHM, beta=3.0)  # bright
+    img += 100 * moffat_psf(SHAPE, 160.2, 130.7, fwhm=FWHM, beta=3.0)  # faint: peak 7 sigma
+    img[20:23, 10:190] += 8.0  # a trail 3 px wide, 180 px long
+    m = gsprep.cutout_mask(img, fwhm=FWHM)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+
+    def ring(x, y, r0, r1):
+        d = np.hypot(xx - x, yy - y)
+        return (d >= r0) & (d <= r1)
+
+    # the bright star's mask reaches past 8 px all round; the faint one's covers its core and stays within 10 px
+    # (its light falls to 0.1 sigma at 5.4 px), on under a third of the area
+    assert m.mask[ring(40.3, 150.6, 0, 8)].all()
+    assert m.mask[ring(160.2, 130.7, 0, 2)].all() and not m.mask[ring(160.2, 130.7, 10, 15)].any()
+    area = [m.mask[ring(x, y, 0, 25)].sum() for x, y in ((40.3, 150.6), (160.2, 130.7))]
+    assert area[1] < area[0] / 3, area
+    # the trail is masked along its length, its mask at most a few pixels wider than it (grown by its width,
+    # not by its length)
+    assert m.mask[21, 20:180].all()
+    full = np.nonzero(m.mask[:60, 60:140].all(axis=1))[0]
+    assert full.min() >= 14 and full.max() <= 28, full
+    assert not m.mask[32:40, 60:140].any()
