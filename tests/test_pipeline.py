@@ -190,6 +190,8 @@ def test_prepare_when_every_band_fails_says_so_and_not_wrote(tmp_path, capsys):
     ("stamp_size = 20", r"config: \[options\] stamp_size must be an odd integer >= 3, got 20"),
     ('mask_nsigma = "3"', r"config: \[options\] mask_nsigma must be a positive number, got '3'"),
     ('deblend = "yes"', r"config: \[options\] deblend must be true or false, got 'yes'"),
+    ("wing_level = 0", r"config: \[options\] wing_level must be a finite number > 0, got 0"),
+    ("magnification = 0.5", r"config: \[options\] magnification must be >= 1, got 0.5"),
 ])
 def test_config_options_are_checked_when_read_naming_the_toml_key(tmp_path, option, match):
     cfg = write_config(tmp_path)
