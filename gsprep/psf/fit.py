@@ -7,7 +7,9 @@
 3. cross-validation (:mod:`.validation`): the regularisation's kind and
    strength that best predicts held-out stars.
 4. the final fit with that regularisation, iterated until the PSF stops
-   changing (``tol``) or ``max_iter`` steps, on a fixed pixel set.
+   changing (``tol``) or ``max_iter`` steps, on a fixed pixel set; then the
+   PSF's level at the stamp's edge set from the stars' skies (their slope on
+   the fluxes, :func:`.solver.sky_slope`) and the fit continued.
 5. the report: per-star chi-square and flags, held-out chi-square and
    residual flux, FWHM and ellipticity.
 
@@ -29,7 +31,7 @@ from ..results import FLAG_BITS, EPSFResult, PSFConvergenceWarning, psf_shape
 from .model import models, moffat_fine
 from .robust import robust_weights
 from ..results import n_terms
-from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, rebase, star_step
+from .solver import FitState, Reg, Static, converge, fit_theta, gn_step, psf, rebase, sky_slope, star_step
 from .spatial import AUTO_MAX, STARS_PER_TERM, max_degree, spatial_fit
 from .start import band_start, bucket, centroids, initial, pad_stars, prepare_arrays
 from .validation import GRID, KINDS, assign_folds, choose, heldout_scores, robust_score
@@ -85,24 +87,28 @@ def _finish_fn(st, *, sx):
 
 
 _start, _start_b = _jit_bands(_start_fn, ("sx",), (0, 0, 0, None))
-_phase, _phase_b = _jit_bands(_phase_fn, ("sx", "hist_len"), (0, 0, Reg(0, 0, None, None, None), None, None))
+_phase, _phase_b = _jit_bands(_phase_fn, ("sx", "hist_len"), (0, 0, Reg(0, 0, None, None, None, 0), None, None))
 _robust, _robust_b = _jit_bands(_robust_fn, ("sx",), (0, 0, 0, 0, None, None))
 _cv, _cv_b = _jit_bands(_cv_fn, ("sx", "n_folds"), (0, 0, 0, None, None, None))
 _finish, _finish_b = _jit_bands(_finish_fn, ("sx",), (0,))
 _rebase, _rebase_b = _jit_bands(rebase, ("sx",), (0,))
+_slope, _slope_b = _jit_bands(sky_slope, ("sx",), (0,))
+
+#: rounds of the ring level's correction from the stars' skies (:func:`.solver.sky_slope`) after the final fit
+RING_ROUNDS = 2
 
 
 def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol, *, sx, robust, n_folds, max_iter,
                   bands):
     """Steps 2-4 on padded device arrays (one band, or every band at once when ``bands``)."""
     dt = d.dtype
-    f_start, f_phase, f_robust, f_cv, f_finish, f_rebase = (
-        (_start_b, _phase_b, _robust_b, _cv_b, _finish_b, _rebase_b) if bands
-        else (_start, _phase, _robust, _cv, _finish, _rebase))
+    f_start, f_phase, f_robust, f_cv, f_finish, f_rebase, f_slope = (
+        (_start_b, _phase_b, _robust_b, _cv_b, _finish_b, _rebase_b, _slope_b) if bands
+        else (_start, _phase, _robust, _cv, _finish, _rebase, _slope))
     nb = d.shape[0] if bands else None
 
-    def reg_of(gamma, lam):
-        return Reg(lam, gamma, a_tv, a_sky)
+    def reg_of(gamma, lam, ring0=None):
+        return Reg(lam, gamma, a_tv, a_sky, 1.0, const(0.0) if ring0 is None else ring0)
 
     def const(v):
         v = jnp.asarray(v, dt)
@@ -135,8 +141,22 @@ def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol,
         held = jnp.full(d.shape[:-3] + (2,), jnp.nan, dt)
     # 4. the final fit, to convergence, on a fixed pixel set
     st, hist, n_iter, done, dpsf = f_phase(st, d, reg_of(gamma, lam), it(max_iter), tol, sx=sx, hist_len=hist_len)
+    # 4b. the PSF's level at the stamp's edge from the stars' skies: raised by the pedestal the skies took
+    # (their slope on the fluxes), and the fit continued (a sky prior, a_sky > 0, sets that level instead)
+    ring0 = const(0.0)
+    n_hist = n_iter  # the loss history reported: the last phase's (one objective, so it never rises)
+    for _ in range(RING_ROUNDS if float(jnp.max(a_sky)) == 0 else 0):
+        left = max_iter - int(jnp.max(n_iter))  # max_iter bounds all the final fit's steps
+        step = f_slope(st, sx=sx)
+        if left <= 0 or not np.any(np.asarray(step) != 0):
+            break
+        ring0 = ring0 + step
+        st, hist, n_hist, done, dpsf = f_phase(st, d, reg_of(gamma, lam, ring0), it(left), tol, sx=sx,
+                                               hist_len=hist_len)
+        n_iter = n_iter + n_hist
     p, m = f_finish(st, sx=sx)
-    return dict(st=st, psf=p, model=m, flagged=flagged, many=many, hist=hist, n_iter=n_iter, converged=done,
+    return dict(st=st, psf=p, model=m, flagged=flagged, many=many, hist=hist, n_iter=n_iter, n_hist=n_hist,
+                converged=done, ring0=ring0,
                 dpsf=dpsf, gamma=gamma, lam=lam, cv=scores, held_chi2=held[..., 0], held_rff=held[..., 1])
 
 
@@ -465,7 +485,7 @@ def _band_report(o, d, w, valid, k, clip):
     p = np.asarray(o["psf"], float)
     shape = psf_shape(p, k)
     n_iter = int(o["n_iter"])
-    hist = np.asarray(o["hist"], float)[:n_iter]
+    hist = np.asarray(o["hist"], float)[:int(o["n_hist"])]
     gamma = float(o["gamma"])
     return dict(psf=p, centers=xy, fluxes=flux, sky=sky, chi2=chi2, loss_history=hist,
                 flags=flags.astype(np.int32), converged=bool(o["converged"]), n_iter=n_iter,

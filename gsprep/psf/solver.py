@@ -51,6 +51,7 @@ class Reg(NamedTuple):
     a_tv: jax.Array  # total variation (GalfitS's a_tv), per unit of the reduced chi-square
     a_sky: jax.Array  # prior pulling each star's sky to 0, in units of its uncertainty
     pin: float = 1.0  # weight of the centroid pin (0: the PSF centroid is free, for fixed star centres)
+    ring0: float = 0.0  # level of the pixel correction on the grid's outer native pixel (:func:`sky_slope`)
 
 
 class Static(NamedTuple):
@@ -184,7 +185,7 @@ def _residual_fn(st, d, reg, sx, inf):
         p = normalise(mof + rpix)
         cx = jnp.sum(p.sum(0) * g)
         cy = jnp.sum(p.sum(1) * g)
-        ring_mean = jnp.sum(rg * rpix) / jnp.sum(rg)
+        ring_mean = jnp.sum(rg * rpix) / jnp.sum(rg) - reg.ring0
         # the PSF is normalised, so the scale of moffat + resid is free: pinned at 1 (else a null direction)
         total = jnp.sqrt(10.0 * scale) / kk * (jnp.sum(mof + rpix) - 1.0)
         return (jnp.stack([jnp.sqrt(lam_c) * cx, jnp.sqrt(lam_c) * cy, ring_mean * ring_w, total]),
@@ -305,6 +306,42 @@ def normal_system(st, d, reg, mu, sx, inf=None, fix_stars=False):
         return (dp, ds[:, :2], ds[:, 2], ds[:, 3])
 
     return schur, rhs_p, precondition, back_substitute
+
+
+def sky_slope(st, sx):
+    """The PSF pedestal the stars' local skies took, per fine pixel: the slope of their skies on their fluxes / k^2.
+
+    A stamp cuts the PSF's wings; on it a pedestal in the PSF and the
+    star's own sky are the same thing, so the constant fit pins the PSF's
+    level on the grid's outer native pixel (the ring term) at the reference
+    Moffat's.  Where the true wings lie above the Moffat's (a Kolmogorov
+    profile, a halo), every star's sky takes ``F k^2 delta`` of the missing
+    pedestal ``delta``: the skies grow with the fluxes.  Stars of one frame
+    share a background, so that slope is measured across them (least
+    squares of sky on flux, each star weighted by its sky's precision); it
+    is returned only where it differs from 0 by more than 3 jackknife
+    standard errors (leave one star out: a slope one bright star makes is
+    no evidence), else 0.
+    """
+    dt = st.flux.dtype
+    live = jnp.sum(st.w > 0, axis=(1, 2)) > 3
+    wt = jnp.where(live, jnp.sum(st.w, axis=(1, 2)), 0.0)
+    f, b = jnp.where(live, st.flux, 0.0), jnp.where(live, st.sky, 0.0)
+    n = jnp.sum(live).astype(dt)
+    # the weighted sums, and the same with each star left out
+    sums = jnp.stack([wt, wt * f, wt * f * f, wt * b, wt * f * b])  # (5, n)
+    tot = jnp.sum(sums, axis=1)
+
+    def slope(s0, s1, s2, t1, t2):
+        den = s0 * s2 - s1**2
+        return (s0 * t2 - s1 * t1) / jnp.where(den > 0, den, jnp.inf)
+
+    beta = slope(*tot)
+    loo = slope(*(tot[:, None] - sums))
+    dev = jnp.where(live, loo - jnp.sum(jnp.where(live, loo, 0.0)) / jnp.maximum(n, 1), 0.0)
+    se = jnp.sqrt((n - 1) / jnp.maximum(n, 1) * jnp.sum(dev**2))
+    ok = (n >= 6) & (jnp.abs(beta) > 3.0 * se) & jnp.isfinite(beta) & jnp.isfinite(se)
+    return jnp.where(ok, beta / sx.k**2, 0.0).astype(dt)
 
 
 def fourier_operators(kk, k, dt):
