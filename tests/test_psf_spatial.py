@@ -215,3 +215,36 @@ def test_band_stacked_spatial_model_splits_per_band():
     # band 0 at (80, 30): u = (0.75, -0.5) -> p0 + 0.75 d1 + 0.5 d1
     want = p0 + 1.25 * d1
     np.testing.assert_allclose(both[0], want / want.sum(), atol=1e-12)
+
+
+def test_shape_directions_follow_a_seeing_change_to_second_order():
+    """A Kolmogorov-like change (a round Gaussian convolved with a fixed elliptical one, the round one's width
+    +-10%) lies in the span of the shape directions to second order: ~10x closer than the first-order ones."""
+    import jax.numpy as jnp
+
+    from gsprep.psf.model import centre
+    from gsprep.psf.solver import Static
+    from gsprep.psf.spatial import _generators, _shape_directions
+
+    k, ps = 2, 15
+    sx = Static(ps, k, ps, 1)
+    g = np.arange(k * ps) - centre(k, ps)
+    x, y = g[None, :], g[:, None]
+
+    def psf(s):  # variances add: a seeing component of width s convolved with fixed optics (elliptical)
+        p = np.exp(-0.5 * (x**2 / (s**2 + 2.0**2) + y**2 / (s**2 + 1.5**2)))
+        return p / p.sum()
+
+    p0 = psf(4.0)
+    jac = np.asarray(_shape_directions(jnp.asarray([np.log(6.0), np.log(2.0), 0.0, 0.0]), jnp.asarray(p0), sx))
+    first = np.concatenate([jac[..., :4], np.moveaxis(np.asarray(_generators(jnp.asarray(p0), sx)), 0, -1)], -1)
+    assert jac.shape[-1] == 16
+
+    def miss(dirs, target):
+        a = dirs.reshape(-1, dirs.shape[-1])
+        c, *_ = np.linalg.lstsq(a, (target - p0).ravel(), rcond=None)
+        return np.abs(a @ c - (target - p0).ravel()).max() / p0.max()
+
+    for s in (3.6, 4.4):
+        two, one = miss(jac, psf(s)), miss(first, psf(s))
+        assert two < 1e-3 and two < 0.15 * one, (s, two, one)

@@ -7,9 +7,14 @@ After the constant fit (:mod:`.fit`), the PSF of star ``s`` becomes::
 with ``c_t`` the monomials ``1, x, y, x^2, x y, y^2, ...`` of total degree
 <= ``d`` at the star's normalised frame position ``u_s`` (the stars'
 bounding box mapped onto ``[-1, 1]^2``), ``P0`` the constant fit's PSF and
-``D_t`` corrections that sum to 0 and have no first moment, so the PSF
-sums to 1 and stays centred at every position (a position-dependent shift
-would trade against the stars' own centres).
+``D_t`` corrections that sum to 0, have no first moment and no mean on the
+grid's outer native pixel, so the PSF sums to 1, stays centred and keeps
+the constant fit's level at the stamp's edge at every position (a
+position-dependent shift would trade against the stars' own centres, a
+pedestal against their skies).  Each ``D_t`` is a change of the PSF's size
+and shape (:func:`_shape_directions`: to second order in a dilation and
+shears, to first order in a convolution, unpenalised) plus a penalised
+pixel correction.
 
 With the stars' centres, fluxes and skies held, the model is linear in
 the planes ``D``: they are the least-squares solution (conjugate gradients
@@ -31,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..results import convex_hull, monomials, n_terms, term_degrees
-from .model import adjoint, centre, designs, laplacian, moffat_fine
+from .model import adjoint, centre, designs, laplacian, moffat_fine, ring
 from .solver import fourier_operators, stars_gn
 
 __all__ = ["max_degree", "normalise_positions", "spatial_fit"]
@@ -60,12 +65,16 @@ def normalise_positions(frame_xy, good):
 
 
 def _basis(kk, k, psf_size, dt):
-    """Orthonormal ``(3, K, K)``: the constant and the two first moments a plane must not have."""
+    """Orthonormal ``(4, K, K)``: what a plane must not have: a sum, the two first moments, and a mean on the
+    grid's outer native pixel (a pedestal there: the star's sky and flux would take it, as in the constant
+    fit's ring term)."""
     g = jnp.arange(kk, dtype=dt) - centre(k, psf_size)
     one = jnp.ones((kk, kk), dt)
     gx = jnp.broadcast_to(g[None, :], (kk, kk))
     gy = jnp.broadcast_to(g[:, None], (kk, kk))
-    b = jnp.stack([one, gx, gy])
+    rg = ring(kk, k, dt)
+    rg = rg - jnp.mean(rg)  # orthogonal to the constant (and, the grid being symmetric, to the moments)
+    b = jnp.stack([one, gx, gy, rg])
     return b / jnp.sqrt(jnp.sum(b**2, axis=(1, 2)))[:, None, None]
 
 
@@ -96,7 +105,8 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
     """The planes ``D (T, K, K)`` that best fit the stars with their centres, fluxes and skies held.
 
     Each plane is ``J a_t + R_t``: a change of the PSF's size and shape
-    (``jac (K, K, m)``, :func:`_shape_directions`; free, not penalised, so
+    (``jac (K, K, m)``, :func:`_shape_directions`, made orthonormal in the
+    data's information (:func:`_orthonormal`); free, not penalised, so
     a change of width or ellipticity across the frame costs nothing) plus
     a pixel correction ``R_t`` with the constant fit's curvature penalty.
     ``coef (n, T)``: each star's monomials (a column of zeros switches a
@@ -114,8 +124,9 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
     n_t = coef.shape[1]
     ay, ax = designs(xy, size, k, psf_size)
     basis = _basis(kk, k, psf_size, dt)
-    jac = jnp.moveaxis(_project(jnp.moveaxis(jac, -1, 0), basis), 0, -1)  # (K, K, 4), no sum, no shift
+    jac = jnp.moveaxis(_project(jnp.moveaxis(jac, -1, 0), basis), 0, -1)  # (K, K, m), no sum, no shift
     scale, dloc = _info(flux, w, ay, ax)
+    jac = _orthonormal(jac, dloc)
     fw = flux[:, None, None]
     r = d - fw * _render(jnp.broadcast_to(p0, (xy.shape[0], kk, kk)), ay, ax) - sky[:, None, None]
     lam_s = lam * scale
@@ -173,7 +184,8 @@ def solve_planes(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, planes_now=N
     gf = 1.0 / (chat + lam * lhat + 1e-6)
     sdr = 1.0 / jnp.sqrt(jnp.maximum(dloc * scale, 1e-3 * scale))
     cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
-    hj = jnp.einsum("ijc,ij->c", jac**2, dloc * scale) + 1e-30
+    hj = jnp.einsum("ijc,ij->c", jac**2, dloc * scale)
+    hj = jnp.where(hj > 0, hj, 1.0)
 
     def precondition(v):
         u = jax.vmap(lambda q: sdr * jnp.real(jnp.fft.ifft2(gf.astype(cdt) * jnp.fft.fft2(sdr * q))).astype(dt))(v[0])
@@ -256,29 +268,66 @@ def final_fit(p0, jac, xy, flux, sky, w, d, coef, lam, sx, n_cg, rounds=None, pe
     return planes, xy, flux, sky, _models(psfs, xy, flux, sky, sx)
 
 
-def _shape_directions(theta, p0, sx):
-    """The unpenalised directions a plane may take, ``(K, K, 7)``: changes of the PSF's size and shape.
+def _generators(p, sx):
+    """The PSF ``p``'s change under six flux-preserving transformations, ``(6, K, K)``: a dilation and two
+    shears of its coordinates, ``-(tr(G) P + (G x) . grad P)``, and a convolution with a narrow round and two
+    elliptical kernels, ``(d_xx + d_yy, d_xx - d_yy, d_xy) P`` (band-limited derivatives on the fine grid).
 
-    The reference Moffat's derivatives with respect to its four parameters
-    (width, wing slope, ellipticity), and the PSF ``p0``'s own change under a
-    flux-preserving dilation and the two shears, ``-(tr(G) P + (G x) . grad P)``
-    (band-limited derivatives on the fine grid), which describe a change of
-    seeing or focus for any profile, not only a Moffat's.
+    The first three describe a change of focus or of the scale of any profile, the last three a change of a
+    component the PSF is convolved with (seeing, jitter, charge diffusion), which is not a dilation of the
+    whole PSF when another component (the optics) stays the same.
     """
-    dt = p0.dtype
-    mof = jax.jacfwd(lambda th: moffat_fine(th, sx.k, sx.psf_size))(theta)
-    kk = p0.shape[-1]
-    f = jnp.fft.fftfreq(kk).astype(dt)
+    dt = p.dtype
+    kk = p.shape[-1]
+    f = 2 * jnp.pi * jnp.fft.fftfreq(kk).astype(dt)
     cdt = jnp.complex128 if dt == jnp.float64 else jnp.complex64
-    ph = jnp.fft.fft2(p0.astype(cdt))
-    dx = jnp.real(jnp.fft.ifft2(ph * (2j * jnp.pi * f)[None, :])).astype(dt)
-    dy = jnp.real(jnp.fft.ifft2(ph * (2j * jnp.pi * f)[:, None])).astype(dt)
+    ph = jnp.fft.fft2(p.astype(cdt))
+
+    def deriv(op):
+        return jnp.real(jnp.fft.ifft2(ph * op)).astype(dt)
+
+    fx, fy = f[None, :], f[:, None]
+    dx, dy = deriv(1j * fx), deriv(1j * fy)
+    dxx, dyy, dxy = deriv(-(fx**2)), deriv(-(fy**2)), deriv(-fx * fy)
     g = jnp.arange(kk, dtype=dt) - centre(sx.k, sx.psf_size)
     x, y = g[None, :], g[:, None]
-    dil = -(2 * p0 + x * dx + y * dy)
-    sh1 = -(x * dx - y * dy)
-    sh2 = -(y * dx + x * dy)
-    return jnp.concatenate([mof, jnp.stack([dil, sh1, sh2], axis=-1)], axis=-1)
+    return jnp.stack([-(2 * p + x * dx + y * dy), -(x * dx - y * dy), -(y * dx + x * dy),
+                      dxx + dyy, dxx - dyy, dxy])
+
+
+#: the transformations (of :func:`_generators`) whose second-order products are directions too: dilation,
+#: and the two shears (the convolutions' products, fourth derivatives, are mostly noise)
+N_SECOND = 3
+
+
+def _shape_directions(theta, p0, sx):
+    """The unpenalised directions a plane may take, ``(K, K, 16)``: changes of the PSF's size and shape.
+
+    The reference Moffat's derivatives with respect to its four parameters
+    (width, wing slope, ellipticity); the PSF ``p0``'s first-order change
+    under the six transformations of :func:`_generators` (dilation, shears,
+    convolutions); and its second-order change under pairs of the first
+    :data:`N_SECOND` of them (``G_i G_j P0``).  A PSF whose width changes by
+    +-10% across the frame is not ``P0`` plus a multiple of one first-order
+    direction (the projection misses ~6% of the change): with the
+    second-order terms a degree-``d`` plane follows the width's square too.
+    """
+    mof = jax.jacfwd(lambda th: moffat_fine(th, sx.k, sx.psf_size))(theta)
+    g1 = _generators(p0, sx)
+    g2 = jnp.stack([_generators(g1[i], sx)[j] for i in range(N_SECOND) for j in range(i, N_SECOND)])
+    return jnp.concatenate([mof, jnp.moveaxis(jnp.concatenate([g1, g2]), 0, -1)], axis=-1)
+
+
+def _orthonormal(jac, wt):
+    """The span of ``jac (K, K, m)`` as ``m`` directions orthonormal in the weight ``wt (K, K)`` (the data's
+    information per fine pixel); directions the others already span (singular values below 1e-6 of the
+    largest) come out 0."""
+    kk, m = jac.shape[0], jac.shape[-1]
+    a = (jac * jnp.sqrt(wt)[..., None]).reshape(kk * kk, m)
+    _, s, vt = jnp.linalg.svd(a, full_matrices=False)
+    keep = s > 1e-6 * s[0]
+    t = jnp.where(keep[None, :], vt.T / jnp.where(keep, s, 1.0)[None, :], 0.0)
+    return jnp.einsum("ijc,cd->ijd", jac, t)
 
 
 @partial(jax.jit, static_argnames=("sx", "n_folds", "n_cg", "max_deg"))
