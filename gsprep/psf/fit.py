@@ -143,20 +143,27 @@ def _fit_compiled(st, psf0, d, fold, fixed, a_tv, a_sky, clip, chi2_nsigma, tol,
     st, hist, n_iter, done, dpsf = f_phase(st, d, reg_of(gamma, lam), it(max_iter), tol, sx=sx, hist_len=hist_len)
     # 4b. the PSF's level at the stamp's edge from the stars' skies: raised by the pedestal the skies took
     # (their slope on the fluxes), and the fit continued (a sky prior, a_sky > 0, sets that level instead)
+    # (n_iter, the history and the convergence reported are the last phase's: one objective, it never rises;
+    # max_iter bounds all the final fit's steps; a band whose skies show no slope keeps its fit)
     ring0 = const(0.0)
-    n_hist = n_iter  # the loss history reported: the last phase's (one objective, so it never rises)
+    used = n_iter
     for _ in range(RING_ROUNDS if float(jnp.max(a_sky)) == 0 else 0):
-        left = max_iter - int(jnp.max(n_iter))  # max_iter bounds all the final fit's steps
+        left = max_iter - int(jnp.max(used))
         step = f_slope(st, sx=sx)
         if left <= 0 or not np.any(np.asarray(step) != 0):
             break
         ring0 = ring0 + step
-        st, hist, n_hist, done, dpsf = f_phase(st, d, reg_of(gamma, lam, ring0), it(left), tol, sx=sx,
-                                               hist_len=hist_len)
-        n_iter = n_iter + n_hist
+        new = f_phase(st, d, reg_of(gamma, lam, ring0), it(left), tol, sx=sx, hist_len=hist_len)
+        moved = step != 0
+
+        def pick(a, b, moved=moved):
+            return jnp.where(moved.reshape(moved.shape + (1,) * (a.ndim - moved.ndim)), a, b)
+
+        st, hist, n_iter, done, dpsf = jax.tree_util.tree_map(pick, new, (st, hist, n_iter, done, dpsf))
+        used = used + jnp.where(moved, new[2], 0)
     p, m = f_finish(st, sx=sx)
-    return dict(st=st, psf=p, model=m, flagged=flagged, many=many, hist=hist, n_iter=n_iter, n_hist=n_hist,
-                converged=done, ring0=ring0,
+    return dict(st=st, psf=p, model=m, flagged=flagged, many=many, hist=hist, n_iter=n_iter, converged=done,
+                ring0=ring0,
                 dpsf=dpsf, gamma=gamma, lam=lam, cv=scores, held_chi2=held[..., 0], held_rff=held[..., 1])
 
 
@@ -485,7 +492,7 @@ def _band_report(o, d, w, valid, k, clip):
     p = np.asarray(o["psf"], float)
     shape = psf_shape(p, k)
     n_iter = int(o["n_iter"])
-    hist = np.asarray(o["hist"], float)[:int(o["n_hist"])]
+    hist = np.asarray(o["hist"], float)[:n_iter]
     gamma = float(o["gamma"])
     return dict(psf=p, centers=xy, fluxes=flux, sky=sky, chi2=chi2, loss_history=hist,
                 flags=flags.astype(np.int32), converged=bool(o["converged"]), n_iter=n_iter,
