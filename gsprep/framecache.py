@@ -68,7 +68,7 @@ WORK = collections.Counter()
 _TARGET_ONLY_BAND = frozenset({"file", "filter", "zeropoint", "pixel_scale", "cut_center"})
 _TARGET_ONLY_CONFIG = frozenset({"name", "ra", "dec", "x", "y", "r", "redshift", "bands", "lyric_psf", "mask_nsigma",
                                  "mask_npixels", "deblend", "addgrow", "require_target", "oversampling", "psf_degree",
-                                 "magnification", "mask_detection", "recenter", "target_radius",
+                                 "magnification", "wing_level", "mask_detection", "recenter", "target_radius",
                                  "star_nsigma", "star_npixels", "stamp_size", "criteria", "psf", "star_catalog",
                                  "stars_from"})
 _STAR_OPTIONS = ("star_nsigma", "star_npixels", "stamp_size", "criteria", "psf", "star_catalog", "stars_from")
