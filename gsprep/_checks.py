@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "read_table",
     "as_image",
     "check_positive",
     "check_nonnegative",
@@ -193,3 +194,21 @@ def header_positive(header, key):
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def read_table(name, path):
+    """A table file (ECSV, FITS, CSV, ...; astropy's reader by extension), or a one-line error naming ``name``."""
+    import os
+
+    from astropy.table import Table
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        msg = f"{name}: no such file {path!r}"
+        raise FileNotFoundError(msg)
+    fmt = "ascii.csv" if path.lower().endswith(".csv") else None
+    try:
+        return Table.read(path, format=fmt) if fmt else Table.read(path)
+    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for a file that is not a table
+        msg = f"{name}: cannot read {path!r} as a table ({exc})"
+        raise ValueError(msg) from None

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
+from ._checks import read_table
 from .pipeline import PrepareConfig, load_config, run_target
 
 __all__ = ["FRAME_COLUMNS", "MANIFEST_COLUMNS", "BatchProgress", "BatchResult", "read_frame_manifest", "read_manifest",
@@ -74,16 +75,7 @@ def read_targets(targets):
     if isinstance(targets, Table):
         tab = targets.copy(copy_data=True)
     else:
-        path = os.fspath(targets)
-        if not os.path.exists(path):
-            msg = f"targets: no such file {path!r}"
-            raise FileNotFoundError(msg)
-        fmt = "ascii.csv" if path.lower().endswith(".csv") else None
-        try:
-            tab = Table.read(path, format=fmt) if fmt else Table.read(path)
-        except Exception as exc:  # noqa: BLE001 - astropy raises many kinds here
-            msg = f"targets: cannot read {path!r} as a table ({exc})"
-            raise ValueError(msg) from None
+        tab = read_table("targets", targets)
     sky = {"ra", "dec"} & set(tab.colnames)
     pix = {"x", "y"} & set(tab.colnames)
     if sky and pix:

@@ -226,7 +226,7 @@ class FrameCache:
         if _BACKGROUND in meta.get("arrays", {}):
             path = os.path.join(folder, _BACKGROUND)
             try:
-                if _array_digest(path) != meta["arrays"][_BACKGROUND]:
+                if file_digest(path) != meta["arrays"][_BACKGROUND]:
                     raise CorruptEntry(f"{key}: {_BACKGROUND} checksum does not match")
                 background = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
@@ -291,22 +291,6 @@ def _npy_bytes(arr):
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
-
-
-_verified = {}
-
-
-def _array_digest(path):
-    """SHA-256 of a cached array file, computed once per process while its size, mtime and inode stay the same."""
-    st = os.stat(path)
-    memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if memo not in _verified:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _verified[memo] = h.hexdigest()
-    return _verified[memo]
 
 
 def _write_synced(path, data):

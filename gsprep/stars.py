@@ -27,6 +27,7 @@ from ._checks import (
     check_positive,
     check_ra_dec,
     header_positive,
+    read_table,
 )
 from .detection import detect
 from .wcs import pixel_scale
@@ -286,17 +287,7 @@ def read_star_catalog(path):
     pixels) columns (see :func:`star_positions_in`).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        msg = f"star_catalog: no such file {path!r}"
-        raise FileNotFoundError(msg)
-    from astropy.io.registry import IORegistryError
-
-    fmt = "ascii.csv" if path.lower().endswith(".csv") else None
-    try:
-        t = Table.read(path, format=fmt) if fmt else Table.read(path)
-    except (OSError, ValueError, TypeError, KeyError, IORegistryError) as exc:  # an unreadable table
-        msg = f"star_catalog: cannot read {path!r} as a table ({exc})"
-        raise ValueError(msg) from None
+    t = read_table("star_catalog", path)
     cols = {c.lower() for c in t.colnames}
     if not ({"x", "y"} <= cols or ({"ra", "dec"} <= cols) or ({"ra_deg", "dec_deg"} <= cols)):
         msg = f"star_catalog: {path!r} needs ra, dec (ICRS degrees) or x, y (0-based pixels) columns, has {t.colnames}"
