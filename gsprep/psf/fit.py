@@ -378,7 +378,7 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
     if degree != 0:
         for b, o in enumerate(out):
             spatials[b] = _spatial_band(o, packed[b][2], packed[b][3], ob_xy[b], n, degree, sx, n_folds, dt,
-                                        band=b if d.ndim == 4 else None)
+                                        band=b if d.ndim == 4 else None, chi2_nsigma=chi2_nsigma if robust else None)
 
     # 5. report, per band
     results = [_band_report(o, bands[b], wb[b], starts[b][5], k, clip if robust else None) for b, o in enumerate(out)]
@@ -418,7 +418,7 @@ def _check_degree(degree):
     return check_integer("degree", degree, lower=0, upper=AUTO_MAX)
 
 
-def _spatial_band(o, dd, fold, origins, n, degree, sx, n_folds, dt, band=None):
+def _spatial_band(o, dd, fold, origins, n, degree, sx, n_folds, dt, band=None, chi2_nsigma=None):
     """Fit one band's spatial model from its constant fit ``o`` (updated in place); the spatial dict or None."""
     st = o["st"]
     w = np.asarray(st.w)
@@ -438,10 +438,11 @@ def _spatial_band(o, dd, fold, origins, n, degree, sx, n_folds, dt, band=None):
     frame[:n] = origins + np.asarray(st.xy, float)[:n]
     cast = partial(jnp.asarray, dtype=dt)
     sp = spatial_fit(cast(o["psf"]), cast(st.theta), cast(st.xy), cast(st.flux), cast(st.sky), cast(w), cast(dd), frame, fold,
-                     float(o["lam"]), degree, sx, n_folds=n_folds)
+                     float(o["lam"]), degree, sx, n_folds=n_folds, chi2_nsigma=chi2_nsigma)
     if sp is None or sp["degree"] == 0:
         return sp
-    o["st"] = FitState(st.theta, st.resid, sp["xy"], sp["flux"], sp["sky"], st.w)
+    o["st"] = FitState(st.theta, st.resid, sp["xy"], sp["flux"], sp["sky"], jnp.asarray(sp["w"], dt))
+    o["flagged"] = np.asarray(o["flagged"]) | sp["flagged"]
     sp["frame_xy"] = origins + np.asarray(sp["xy"], float)[:n]
     p = sp["planes"][0]
     o["psf"] = p / p.sum()

@@ -391,7 +391,19 @@ def choose_degree(red, held):
     return best, scores
 
 
-def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=None):
+def _outliers(red, ok, live, nsigma):
+    """Stars whose reduced chi-square under the varying PSF lies ``nsigma`` robust sigmas above the median
+    (and above 1.5), as :func:`.robust.robust_weights` judges them under the constant one."""
+    live = live & ok
+    if live.sum() < 5:
+        return np.zeros_like(live)
+    med = np.median(red[live])
+    mad = 1.4826 * np.median(np.abs(red[live] - med))
+    return live & (red > med + nsigma * max(mad, 0.05 * med)) & (red > 1.5)
+
+
+def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, degree, sx, *, n_folds, n_cg=None,
+                chi2_nsigma=None):
     """The spatially varying PSF of one band (device arrays in, numpy out), or None when degree 0 is chosen.
 
     ``degree``: an int (already capped by the caller) or ``"auto"``;
@@ -400,7 +412,15 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
     ``planes[0]`` including ``P0``), ``offset``, ``scale``, ``hull``, the
     stars' refitted ``xy, flux, sky`` and ``model`` stamps, ``scores`` (each
     degree's held-out score, ``"auto"`` only) and ``heldout_chi2`` (median
-    held-out reduced chi-square of the chosen degree).
+    held-out reduced chi-square of the chosen degree), ``w`` and ``flagged``
+    (the stars' weights and the stars left out by the outlier test below).
+
+    ``chi2_nsigma``: after the fit, stars whose reduced chi-square lies that
+    many robust sigmas above the median are left out and the planes refitted
+    once.  Under the constant PSF every bright star misfits by the PSF's
+    change across the frame, so a star blended with a neighbour does not
+    stand out there; under the varying PSF it does, and left in, a pair of
+    bright blended stars bends the polynomial over a whole region.
     """
     dt = d.dtype
     n_cg = N_CG if n_cg is None else n_cg
@@ -434,12 +454,19 @@ def spatial_fit(p0, theta, st_xy, st_flux, st_sky, w, d, frame_xy, fold, lam, de
     else:
         chosen = max_deg = int(degree)
         mult = PLANE_PENALTY
-    planes, xy, flux, sky, model = _final_core(p0, theta, st_xy, st_flux, st_sky, w, d, u, lam, jnp.asarray(chosen),
-                                               jnp.asarray(mult, dt), sx=sx, n_cg=n_cg, max_deg=max_deg)
+    final = partial(_final_core, p0, theta, st_xy, st_flux, st_sky, sx=sx, n_cg=n_cg, max_deg=max_deg)
+    planes, xy, flux, sky, model = final(w, d, u, lam, jnp.asarray(chosen), jnp.asarray(mult, dt))
+    flagged = np.zeros(good.shape, bool)
+    if chi2_nsigma is not None and np.isfinite(chi2_nsigma):
+        red, ok = _reduced_chi2(d, model, w)
+        flagged = _outliers(np.asarray(red, float), np.asarray(ok), good, float(chi2_nsigma))
+        if flagged.any():
+            w = jnp.where(jnp.asarray(flagged)[:, None, None], 0.0, w)
+            planes, xy, flux, sky, model = final(w, d, u, lam, jnp.asarray(chosen), jnp.asarray(mult, dt))
     planes = np.asarray(planes, float)[: n_terms(chosen)]
     planes[0] = planes[0] + np.asarray(p0, float)
     return {"degree": chosen, "planes": planes, "offset": offset, "scale": scale,
             "hull": convex_hull(np.asarray(frame_xy, float)[good]), "xy": np.asarray(xy), "flux": np.asarray(flux),
             "sky": np.asarray(sky), "model": np.asarray(model), "scores": scores, "heldout_chi2": held_med,
             "penalty": mult,
-            "heldout": held_star}
+            "heldout": held_star, "w": np.asarray(w), "flagged": flagged}
