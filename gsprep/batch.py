@@ -10,12 +10,21 @@ the target's frames itself, runs :func:`gsprep.pipeline.run_target` with the
 cached frame products into a private folder under ``OUT/.gsprep-partial/``
 and renames it to ``OUT/<name>/`` only when every file is written, so a
 killed run never leaves a half-written product where a finished one
-belongs.  Tasks get paths and keys, never images: each frame is read by
-the worker that needs it.  The driver appends one row per
+belongs.  A target whose frames no other target of the run uses (one
+target per frame) gets no frame or PSF task: its own task computes its
+frames' products from the frames it reads, as the per-target path does,
+and stores them in the cache too (:func:`solo_task`), so it costs no more
+than that path and a later target on those frames reuses them.  Tasks get
+paths and keys, never images: each frame is read by the worker that needs
+it.  The driver appends one row per
 finished target to ``OUT/manifest.csv`` as results arrive (flushed and
 synced), so a crash loses at most the targets in flight; the next run skips
 targets whose products are all present and unchanged and retries the
-failed ones.  Frame tasks are recorded in ``OUT/frames/manifest.csv``.
+failed ones.  Frame tasks are recorded in ``OUT/frames/manifest.csv``, and
+so is the frame work a lone target did in its own task (one row per band
+whose products it computed or read, a failed row for a frame it could not
+open, one for its PSF fit; a band it never got to, the target being off
+that frame, has no row).
 
 The output folder must be visible to every worker (a shared file system on
 a cluster), and so must the frames.
@@ -360,24 +369,32 @@ def prepare_one(config, out_dir, figures=True, compile_cache=None, frames=None):
     that workers reuse each other's compiled fits.  ``frames``: the frame
     products (:class:`gsprep.framecache.CachedFrames`), else computed here.
     """
-    t0 = time.perf_counter()
+    return _prepare(config, out_dir, figures, compile_cache, frames)[0]
+
+
+def _prepare(config, out_dir, figures, compile_cache, frames, t0=None):
+    """``prepare_one``; returns ``(record, band errors)`` (band -> message; empty when the target raised)."""
+    t0 = time.perf_counter() if t0 is None else t0
     _use_compile_cache(compile_cache)
     partial = os.path.join(out_dir, PARTIAL)
     os.makedirs(partial, exist_ok=True)
     tmp = os.path.join(partial, f"{config.name}.{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
+    errors = {}
     try:
         run = run_target(config, tmp, figures=figures, overwrite=False, frames=frames)
+        errors = dict(run.errors)
         error = "; ".join(f"{b}: {m}" for b, m in run.errors.items())
         _swap_in(tmp, os.path.join(out_dir, config.name), partial)
     except Exception as exc:  # noqa: BLE001 - a bad target must not stop the batch; its message goes in the manifest
         shutil.rmtree(tmp, ignore_errors=True)
         error = f"{type(exc).__name__}: {exc}"
     outputs, nbytes = _listing(out_dir, config.name)
-    return {"name": config.name, "status": "failed" if error else "done", "error": _clean(error),
-            "outputs": outputs, "bytes": nbytes, "time_s": round(time.perf_counter() - t0, 3),
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+    rec = {"name": config.name, "status": "failed" if error else "done", "error": _clean(error),
+           "outputs": outputs, "bytes": nbytes, "time_s": round(time.perf_counter() - t0, 3),
+           "worker": f"{socket.gethostname()}:{os.getpid()}",
+           "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
+    return rec, errors
 
 
 def target_task(config, out_dir, figures, compile_cache, root, field):
@@ -388,6 +405,34 @@ def target_task(config, out_dir, figures, compile_cache, root, field):
     frames = CachedFrames(cache_at(root), config, keys)
     rec = prepare_one(config, out_dir, figures, compile_cache, frames=frames)
     rec["frame_work"] = list(frames.computed)  # frame-level work this target had to do itself (normally none)
+    return rec
+
+
+def solo_task(config, out_dir, figures, compile_cache, root, idents):
+    """The Dask task of a target alone on its frames in this run: its frames' work done here, in one task.
+
+    No other target of the run shares its frames, so separate frame and
+    PSF tasks would only add tasks, a second read of each frame and the
+    cache round trip.  The target is prepared as by ``target_task``, with
+    a :class:`~gsprep.framecache.CachedFrames` that starts from the entries
+    already cached (those bands read by window) and computes the missing
+    ones from the frame it has read, storing them in the cache for a later
+    run or target.  ``idents``: ``{"frames": band -> ident, "psf": ident}``;
+    the record's ``frames`` are the frames-manifest rows of what was
+    computed or read here (:meth:`~gsprep.framecache.CachedFrames.records`),
+    ``frame_work`` what was computed.
+    """
+    from .framecache import CachedFrames, cache_at, cached_keys
+
+    t0 = time.perf_counter()
+    cache = cache_at(root)
+    frames = CachedFrames(cache, config, cached_keys(cache, config))
+    rec, errors = _prepare(config, out_dir, figures, compile_cache, frames, t0=t0)
+    rec["frame_work"] = list(frames.computed)
+    try:
+        rec["frames"] = frames.records(idents, errors)
+    except Exception:  # noqa: BLE001 - the target is prepared; a row it cannot give is only missing from the manifest
+        rec["frames"] = []
     return rec
 
 
@@ -545,8 +590,10 @@ def run_batch(targets, config, out_dir, *, client=None, scheduler=None, workers=
     reuse_frames : bool
         Compute each frame's sky, stars and PSF once, in frame tasks that
         the target tasks depend on, and keep them in ``out_dir/frames/``
-        (default True; see :mod:`gsprep.framecache`).  False: every target
-        task does its frames' work itself (the products are the same).
+        (default True; see :mod:`gsprep.framecache`).  A target alone on
+        its frames in this run does that work in its own task (and stores
+        it).  False: every target task does its frames' work itself,
+        nothing is cached (the products are the same).
     frame_progress : callable, optional
         Called as ``frame_progress(record, counts)`` after each frame-level
         task (a row of :func:`read_frame_manifest`), ``counts`` as for
@@ -638,20 +685,34 @@ def _failed_record(name, error):
 
 
 def _submit(client, todo, out_dir, figures, compile_cache, reuse_frames):
-    """Submit every task; returns ``(targets, frame_level, parents)``: future -> name / ident, target -> field."""
+    """Submit every task; returns ``(targets, frame_level, parents, solo)``: future -> name / ident, target ->
+    field, target done in one task -> the frames-manifest rows it brings back."""
     token = uuid.uuid4().hex[:8]
-    targets, frame_level, parents = {}, {}, {}
+    targets, frame_level, parents, solo = {}, {}, {}, {}
     if not reuse_frames:
         for cfg in todo:
             fut = client.submit(prepare_one, cfg, out_dir, figures, compile_cache, key=f"gsprep-{cfg.name}-{token}",
                                 pure=False)
             targets[fut] = cfg.name
-        return targets, frame_level, parents
+        return targets, frame_level, parents, solo
     from .framecache import field_task, frame_task
 
     root = os.path.join(out_dir, FRAMES)
+    # a field (set of frames) of one target whose frames no other field uses: that target does its frames' work
+    # in its own task (solo_task), as the per-target path does, and stores it in the cache
+    uses = collections.Counter(_field(cfg) for cfg in todo)
+    sharing = collections.Counter(fid for field in uses for fid in field)
+    lone = {field for field, n in uses.items() if n == 1 and all(sharing[fid] == 1 for fid in field)}
     frames, fields = {}, {}
     for cfg in todo:
+        if _field(cfg) in lone:
+            idents = {"frames": {b: f"{b}:{_rel(f, out_dir)}[{h}]" for b, f, h in _field(cfg)},
+                      "psf": "psf:" + "+".join(f"{b}:{_rel(f, out_dir)}[{h}]" for b, f, h in _field(cfg))}
+            fut = client.submit(solo_task, cfg, out_dir, figures, compile_cache, root, idents, pure=False,
+                                key=f"gsprep-{cfg.name}-{token}")
+            targets[fut] = cfg.name
+            solo[fut] = len(idents["frames"]) + 1  # frames-manifest rows it brings back (at most)
+            continue
         fids = []
         for band, spec in cfg.bands.items():
             fid = (band, os.path.abspath(os.fspath(spec.file)), str(spec.hdu))
@@ -673,7 +734,12 @@ def _submit(client, todo, out_dir, figures, compile_cache, reuse_frames):
                             key=f"gsprep-{cfg.name}-{token}")
         targets[fut] = cfg.name
         parents[fut] = (fields[field], [frames[f] for f in field])
-    return targets, frame_level, parents
+    return targets, frame_level, parents, solo
+
+
+def _field(cfg):
+    """The frames a target is prepared on: ``(band, absolute file, hdu)`` in band order."""
+    return tuple((band, os.path.abspath(os.fspath(spec.file)), str(spec.hdu)) for band, spec in cfg.bands.items())
 
 
 def _rel(path, out_dir):
@@ -706,8 +772,17 @@ def _run(todo, out_dir, manifest, client, scheduler, workers, status, total, *, 
             on_client(client)
         if reuse_frames:
             os.makedirs(os.path.dirname(frame_manifest), exist_ok=True)
-        targets, frame_level, parents = _submit(client, todo, out_dir, figures, compile_cache, reuse_frames)
+        targets, frame_level, parents, solo = _submit(client, todo, out_dir, figures, compile_cache, reuse_frames)
         fcounts = collections.Counter()
+        ftotal = len(frame_level) + sum(solo.values())  # frame-level rows expected (a lone target's come with it)
+
+        def frame_done(rec):
+            _append(frame_manifest, rec, FRAME_COLUMNS)
+            fcounts[rec["status"]] += 1
+            if frame_progress is not None:
+                frame_progress(rec, {"total": ftotal, "done": fcounts["done"], "failed": fcounts["failed"],
+                                     "remaining": ftotal - fcounts["done"] - fcounts["failed"]})
+
         for fut in as_completed([*frame_level, *targets]):
             if fut in frame_level:
                 ident = frame_level[fut]
@@ -717,18 +792,17 @@ def _run(todo, out_dir, manifest, client, scheduler, workers, status, total, *, 
                     rec = {"kind": "psf" if ident.startswith("psf:") else "frame", "frame": ident, "status": "failed",
                            "error": f"{type(exc).__name__}: {exc}",
                            "finished": datetime.datetime.now(datetime.UTC).strftime(_TIME_FORMAT)}
-                _append(frame_manifest, rec, FRAME_COLUMNS)
-                fcounts[rec["status"]] += 1
-                if frame_progress is not None:
-                    n = len(frame_level)
-                    frame_progress(rec, {"total": n, "done": fcounts["done"], "failed": fcounts["failed"],
-                                         "remaining": n - fcounts["done"] - fcounts["failed"]})
+                frame_done(rec)
                 continue  # released with the targets that need it
             name = targets[fut]
             try:
                 rec = fut.result()
             except Exception as exc:  # noqa: BLE001 - the worker died, the task was lost, its frame task failed
                 rec = _failed_record(name, _dependency_error(parents, fut, exc))
+            rows = rec.pop("frames", [])  # a lone target's frame work, done in its own task
+            ftotal -= solo.pop(fut, 0) - len(rows)
+            for row in rows:
+                frame_done(row)
             _append(manifest, rec)
             records.append(rec)
             status[name] = rec["status"]  # names here were not in ``status`` before (they were to do)

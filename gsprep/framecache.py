@@ -24,7 +24,8 @@ memory-mapped, so that a target reads only the part under its cut) and a
 into a temporary folder and renamed into place, so a killed run leaves no
 half-written entry (only a ``.tmp-*`` folder, removed by the next run); an
 entry whose checksum or unpickling fails is treated as missing and
-recomputed.  Errors a frame gives deterministically (a sky that cannot be
+recomputed (so the files are not fsynced: what a crash of the machine
+damages is detected that way).  Errors a frame gives deterministically (a sky that cannot be
 fitted, no PSF star) are stored too, so every target gets the same message
 ``gsprep prepare`` gives, without computing it again.
 
@@ -57,8 +58,8 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["SCHEMA", "WORK", "CachedFrames", "FrameCache", "FrameSection", "field_task", "file_digest",
-           "frame_task"]
+__all__ = ["SCHEMA", "WORK", "CachedFrames", "FrameCache", "FrameSection", "cached_keys", "field_task",
+           "file_digest", "frame_task"]
 
 SCHEMA = 2  # 2: a sky's background stored apart (background.npy, memory-mapped when read)
 #: frame-level computations done in this process, by kind ("sky", "stars", "psf"): the tests count them
@@ -255,14 +256,14 @@ class FrameCache:
             sky = payload.get("sky") if isinstance(payload, dict) else None
             if isinstance(getattr(sky, "background", None), np.ndarray):  # the frame-sized array apart, mappable
                 data = _npy_bytes(sky.background)
-                _write_synced(os.path.join(tmp, _BACKGROUND), data)
+                _write_file(os.path.join(tmp, _BACKGROUND), data)
                 arrays[_BACKGROUND] = hashlib.sha256(data).hexdigest()
                 stored = {**payload, "sky": dataclasses.replace(sky, background=None)}
             blob = pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL)
-            _write_synced(os.path.join(tmp, "payload.pkl"), blob)
+            _write_file(os.path.join(tmp, "payload.pkl"), blob)
             meta = {"schema": SCHEMA, "key": key, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                     "arrays": arrays, "gsprep": __version__, "written": _now(), **(info or {})}
-            _write_synced(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1, default=repr).encode())
+            _write_file(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1, default=repr).encode())
             final = self.path(key)
             if os.path.exists(final):
                 if self.get(key) is not None:  # written meanwhile by another task: keep that one
@@ -293,11 +294,11 @@ def _npy_bytes(arr):
     return buf.getvalue()
 
 
-def _write_synced(path, data):
+def _write_file(path, data):
+    """Write ``data`` to ``path`` (not fsynced: an entry damaged by a crash of the machine fails its checksum when
+    read and is computed again, so a sync per file would only slow every target that fills the cache)."""
     with open(path, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 _caches = {}
@@ -348,7 +349,10 @@ def ensure_frame(cache, config, spec, band, keys=None, *, opened=None):
     ``computed`` lists what was computed now ("sky", "stars"); empty when
     both were in the cache.  Deterministic failures (sky cannot be fitted,
     no PSF star) are stored as ``{"error": message}``.  A frame that cannot
-    be opened raises (nothing is stored).
+    be opened raises (nothing is stored).  ``opened``: the band's
+    ``(image, exptime, gain, maps)`` already read (or a function giving
+    them, or None), used instead of reading the frame again when an entry
+    has to be computed.
     """
     from .pipeline import band_frame_sky, band_frame_stars
 
@@ -359,6 +363,7 @@ def ensure_frame(cache, config, spec, band, keys=None, *, opened=None):
     stars = cache.get(stars_key) if config.psf else {"skipped": True}
     if sky is not None and stars is not None:
         return keys, []
+    opened = opened() if callable(opened) else opened
     image, exptime, gain, maps = opened or _open_band(config, spec, band)
     computed = []
     info = {"band": band, "file": os.fspath(spec.file), "hdu": spec.hdu}
@@ -477,13 +482,36 @@ class CachedFrames:
     def __init__(self, cache, config, keys):
         self.cache, self.config, self.keys = cache, config, dict(keys)
         self.computed = []
+        #: per band: what was computed here ("sky", "stars") and the seconds spent getting its entries;
+        #: ``"psf"``: the PSF entry's key, whether it was fitted here, seconds (:meth:`records`)
+        self.work = {}
+        self.opened = {}  # band -> Image read whole by read_bands: an entry computed here uses it (no second read)
+
+    def _opened(self, band, spec):
+        """``(image, exptime, gain, maps)`` of a band that ``read_bands`` read whole, for ``ensure_frame``."""
+        image = self.opened.get(band)
+        if image is None:
+            return None
+        from .pipeline import _band_inputs, _band_maps, _in_section
+
+        try:
+            exptime, gain = _band_inputs(image, spec, band)
+            maps = _in_section(f"bands.{band}", lambda: _band_maps(spec, image))
+        except _READ_ERRORS:
+            return None  # ensure_frame opens it itself, with the error it gives
+        return image, exptime, gain, maps
 
     def _frame(self, band, which):
         spec = band_spec(self.config, band)
         keys = self.keys.get(band)
         entry = None
         for _ in range(2):  # an entry gone again right after it was checked (a concurrent clean-up): once more
-            keys, done = ensure_frame(self.cache, self.config, spec, band, keys)
+            t0 = time.perf_counter()
+            keys, done = ensure_frame(self.cache, self.config, spec, band, keys,
+                                      opened=lambda: self._opened(band, spec))
+            work = self.work.setdefault(band, {"computed": [], "time_s": 0.0})
+            work["computed"] += done
+            work["time_s"] += time.perf_counter() - t0
             self.keys[band] = keys
             self.computed += done
             entry = self.cache.get(keys[which])
@@ -522,6 +550,7 @@ class CachedFrames:
             images[band] = image
         read, errors = read_bands(dataclasses.replace(config, bands={b: config.bands[b] for b in whole})) if whole \
             else ({}, {})
+        self.opened.update({b: im for b, im in read.items() if isinstance(im.data, np.ndarray)})
         images = {b: images[b] or read[b] for b in config.bands if images[b] is not None or b in read}
         return images, errors
 
@@ -532,15 +561,74 @@ class CachedFrames:
         return self._frame(band, 1)["stars"]
 
     def psfs(self, stamps):
-        res, _, computed = ensure_psfs(self.cache, {b: self.keys[b][1] for b in stamps}, stamps,
-                                       self.config.oversampling, getattr(self.config, "psf_degree", 0))
+        t0 = time.perf_counter()
+        res, key, computed = ensure_psfs(self.cache, {b: self.keys[b][1] for b in stamps}, stamps,
+                                         self.config.oversampling, getattr(self.config, "psf_degree", 0))
         if computed:
             self.computed.append("psf")
+        self.work["psf"] = {"key": key, "bands": list(stamps), "computed": computed,
+                            "time_s": time.perf_counter() - t0}
         return res
+
+    def records(self, idents, errors=None):
+        """Frames-manifest rows of what this object computed or read: one per band of ``idents["frames"]``
+        (band -> ident) and one for the PSF fit (``idents["psf"]``), as ``frame_task`` and ``field_task`` give.
+
+        For a target prepared in one task (:func:`gsprep.batch.solo_task`).  A band whose entries were never
+        asked for (its frame could not be read, the target is off it, ...): a ``failed`` row when its frame
+        cannot be opened (the message ``frame_task`` gives), else no row (nothing was computed or stored
+        for it).  ``errors``: the target's band -> message, to tell these bands apart without reading
+        a frame that was fine.
+        """
+        errors = errors or {}
+        rows = []
+        for band, ident in idents["frames"].items():
+            spec = self.config.bands[band]
+            if band in self.work:
+                w = self.work[band]
+                rows.append(_record("frame", ident, band, spec.file, spec.hdu, time.perf_counter() - w["time_s"],
+                                    keys=";".join(self.keys[band]), computed=";".join(w["computed"])))
+                continue
+            if band not in errors:
+                continue
+            t0 = time.perf_counter()
+            try:
+                _open_band(self.config, band_spec(self.config, band), band)
+            except _READ_ERRORS as exc:
+                rows.append(_record("frame", ident, band, spec.file, spec.hdu, t0, status="failed",
+                                    error=" ".join(f"{type(exc).__name__}: {exc}".split())))
+        psf = self.work.get("psf")
+        t0 = time.perf_counter() - (psf["time_s"] if psf else 0.0)
+        if psf is None:  # nothing to fit (no band with stars, or psf = false): as field_task records it
+            rows.append(_record("psf", idents["psf"], "", "", "", t0))
+        else:
+            rows.append(_record("psf", idents["psf"], ",".join(psf["bands"]), "", "", t0, keys=psf["key"],
+                                computed="psf" if psf["computed"] else ""))
+        return rows
 
 
 def _usable(entry):
     return entry is not None and "error" not in entry
+
+
+def cached_keys(cache, config):
+    """band -> ``(sky_key, stars_key)`` of the bands whose entries are all in ``cache`` already.
+
+    For a target prepared in one task: those bands are then read by
+    window (:meth:`CachedFrames.read_bands`), the others read whole, their
+    entries computed from that very read.  A band whose frame cannot be
+    hashed or resolved is left out (its error comes where it is read).
+    """
+    keys = {}
+    for band in config.bands:
+        try:
+            spec = band_spec(config, band)
+            k = frame_keys(config, spec, file_digest(spec.file))
+        except _READ_ERRORS:
+            continue
+        if all(cache.get(x) is not None for x in k[: 2 if config.psf else 1]):
+            keys[band] = k
+    return keys
 
 
 # --------------------------------------------------------------------------

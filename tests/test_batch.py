@@ -221,6 +221,42 @@ def test_frame_reuse_matches_prepare_counts_work_and_resumes(tmp_path, client, c
     assert len(read_manifest(out)) == 4
 
 
+def test_a_lone_target_does_its_frames_in_its_own_task_and_fills_the_cache(tmp_path, client, cache_dir):
+    # one target on its frames: no frame or PSF task, the target's own task computes them (as the per-target path)
+    # from the frames it reads, stores them in the cache and records them in the frames manifest
+    write_field(tmp_path, "A")
+    targets, bands = field_targets(tmp_path, [("a0", "A", "centre")])
+    tab = read_targets(targets)
+    single = tmp_path / "single-a0"
+    cfg = single_config(tmp_path, "a0", tab["ra"][0], tab["dec"][0], "A")
+    assert main(["prepare", str(cfg), "--out", str(single), "--no-figures", "--quiet"]) == 0
+    out = tmp_path / "out"
+    before, frames_seen = work(), []
+    res = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir,
+                    frame_progress=lambda rec, c: frames_seen.append((rec["kind"], dict(c))))
+    assert (res.ran, res.done) == (1, 1)
+    assert work_since(before) == {"sky": 2, "stars": 2, "psf": 1}
+    assert sorted(res.records[0]["frame_work"]) == ["psf", "sky", "sky", "stars", "stars"]  # in the target's task
+    assert "frames" not in res.records[0]
+    assert_same_products(out / "a0", single, "a0")
+    assert [k for k, _ in frames_seen] == ["frame", "frame", "psf"]
+    assert frames_seen[-1][1] == {"total": 3, "done": 3, "failed": 0, "remaining": 0}
+    fm = read_frame_manifest(out)
+    assert sorted(zip(fm["kind"], fm["band"], fm["computed"], fm["status"], strict=True)) == [
+        ("frame", "g", "sky;stars", "done"), ("frame", "r", "sky;stars", "done"), ("psf", "g,r", "psf", "done")]
+    stored = {k for row in fm["keys"] for k in row.split(";")}
+    assert len(stored) == 5 and stored <= set(os.listdir(out / "frames"))
+    # a second run with a target more on that frame: its frame products all come from the cache
+    tab.add_row(("a1", *field_targets_row(tmp_path, "A")))
+    tab.write(targets, overwrite=True)
+    before = work()
+    res2 = run_batch(targets, bands, out, client=client, figures=False, compile_cache=cache_dir)
+    assert (res2.ran, res2.skipped, res2.done) == (1, 1, 2)
+    assert work_since(before) == {} and res2.records[0]["frame_work"] == []
+    fm = read_frame_manifest(out)
+    assert list(fm["computed"]) == ["", "", ""] and set(fm["status"]) == {"done"}
+
+
 def field_targets_row(folder, field):
     with fits.open(folder / "frames" / f"{field}_g.fits") as h:
         from astropy.wcs import WCS
@@ -292,7 +328,7 @@ def test_interrupted_frame_task_leaves_nothing_half_written_and_the_next_run_com
     cfg = target_configs(read_targets(targets), load_config(bands, batch=True), targets_dir=str(tmp_path))[0]
     out = tmp_path / "out"
     cache = framecache.FrameCache(out / "frames")
-    write = framecache._write_synced
+    write = framecache._write_file
 
     def dying(path, data):  # the frame task is killed while it writes its second entry (the stars)
         if os.path.basename(os.path.dirname(path)).startswith(".tmp-stars-"):
@@ -300,7 +336,7 @@ def test_interrupted_frame_task_leaves_nothing_half_written_and_the_next_run_com
             raise KeyboardInterrupt
         write(path, data)
 
-    monkeypatch.setattr(framecache, "_write_synced", dying)
+    monkeypatch.setattr(framecache, "_write_file", dying)
     with pytest.raises(KeyboardInterrupt):
         framecache.ensure_frame(cache, cfg, cfg.bands["g"], "g")
     monkeypatch.undo()
