@@ -237,6 +237,9 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         star), then clip pixels beyond ``clip`` sigma (and their neighbours)
         and flag stars whose reduced chi-square lies more than
         ``chi2_nsigma`` robust sigmas above the median (default True).
+        With a varying PSF (``degree`` > 0) the stars are judged again under
+        it and the outliers left out (a star blended with a neighbour misfits
+        there, not under one PSF that misfits every bright star).
     max_iter, n_cg : int
         Most Gauss-Newton steps of the final fit, and conjugate-gradient
         iterations per step.
