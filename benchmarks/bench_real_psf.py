@@ -92,13 +92,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))  # PYTHONPATH (a snapshot of gsprep at one commit) wins
 sys.path.insert(0, str(HERE))
 
-from _psfex import _SEX_PARAMS, _conv_file, available  # noqa: E402
+from _psfex import _SEX_PARAMS, _conv_file, available
 
-import gsprep  # noqa: E402
-from gsprep.config import BandSpec, PrepareConfig  # noqa: E402
-from gsprep.pipeline import _band_inputs, band_frame_sky, band_frame_stars  # noqa: E402
-from gsprep.psf import fit_stars, photutils_epsf_raw, to_epsf_convention  # noqa: E402
-from gsprep.psf.model import _models_jit, from_epsf_convention  # noqa: E402
+import gsprep
+from gsprep.config import BandSpec, PrepareConfig
+from gsprep.pipeline import _band_inputs, band_frame_sky, band_frame_stars
+from gsprep.psf import fit_stars, photutils_epsf_raw, to_epsf_convention
+from gsprep.psf.model import _models_jit, from_epsf_convention
 
 MIN_STARS = 10
 SIZE = 25  # PrepareConfig.stamp_size
@@ -156,8 +156,8 @@ def frame_stamps(name, **cfg_kw):
     from gsprep.pipeline import _sigma_full
 
     sigma = _sigma_full(clean, sky, spec, exptime, gain, None)
-    return dict(name=name, img=img, clean=clean, sigma=sigma, sky=sky, gain=gain, stars=stars, stamps=stamps,
-                err=err, msgs=msgs, cfg=cfg)
+    return {"name": name, "img": img, "clean": clean, "sigma": sigma, "sky": sky, "gain": gain, "stars": stars, "stamps": stamps,
+                "err": err, "msgs": msgs, "cfg": cfg}
 
 
 def subset(st, idx):
@@ -269,12 +269,12 @@ class PSFExFrame:
                            capture_output=True, text=True, check=False)
         dt = time.perf_counter() - t0
         if r.returncode != 0 or not (self.work / "stars.psf").exists():
-            return dict(error=f"psfex rc {r.returncode}: {r.stderr.strip()[-200:]}", time=dt, n_in=len(rows))
+            return {"error": f"psfex rc {r.returncode}: {r.stderr.strip()[-200:]}", "time": dt, "n_in": len(rows)}
         with fits.open(self.work / "stars.psf") as hd:
             hdr = dict(hd[1].header)
             mask = np.asarray(hd[1].data["PSF_MASK"][0], float)
-        return dict(mask=mask, hdr=hdr, time=dt, n_in=len(rows), n_loaded=int(hdr.get("LOADED", -1)),
-                    n_accepted=int(hdr.get("ACCEPTED", -1)))
+        return {"mask": mask, "hdr": hdr, "time": dt, "n_in": len(rows), "n_loaded": int(hdr.get("LOADED", -1)),
+                    "n_accepted": int(hdr.get("ACCEPTED", -1))}
 
 
 def _monomials_xfast(u, v, d):
@@ -360,7 +360,8 @@ def independent_score(e, centre, k, st1, r_core):
 
 # --------------------------------------------------------------------------- one frame
 
-METHODS = ("g0", "gA", "EPSFB", "PSFEx d0", "PSFEx d1", "PSFEx d2")
+METHODS = ("g0", "gA", "g0 rob=F", "EPSFB", "PSFEx d0", "PSFEx d1", "PSFEx d2")
+HOME = {"g0": "scores", "gA": "scores", "g0 rob=F": "scores"}  # the others' home scorer: the independent one
 
 
 def run_frame(fr, k, log, xcheck=True):
@@ -374,6 +375,24 @@ def run_frame(fr, k, log, xcheck=True):
     folds = folds_of(n)
     log(f"  {fr['name']} k={k}: {n} stars, {len(folds)} folds ({'leave-one-out' if n < 15 else '5-fold'}); "
         f"gsprep FWHM on all stars {fwhm:.2f} px (core radius {r_core:.2f} px); all-star fit {t_full:.1f} s")
+    # self-consistency of the all-star fit: the chi2 it reports vs the chi2 of its own model
+    # (psf_model_stamps(result): its PSF at its centres, fluxes and skies) on every unmasked pixel
+    from gsprep.psf import psf_model_stamps
+
+    mod = psf_model_stamps(full, SIZE)
+    rec = np.array([score(mod[i], st.data[i], st.sigma[i], st.mask[i], *full.centers[i], float(full.fluxes[i]),
+                          r_core)[1] for i in range(n)])
+    aper = np.array([np.nansum(np.where(st.mask[i] | ~_disc(SIZE, *st.positions[i], r_core), 0.0, st.data[i]))
+                     for i in range(n)])
+    log(f"    all-star fit, self-consistency: reported chi2 median {np.nanmedian(full.chi2):.2f} (max "
+        f"{np.nanmax(full.chi2):.2f}); chi2 of its own model on the unmasked pixels median {np.median(rec):.2f} "
+        f"(max {rec.max():.3g}); stars with recomputed/reported > 3: {int((rec > 3 * full.chi2).sum())}/{n}; "
+        f"fitted flux / aperture sum (2 FWHM) median {np.median(full.fluxes / aper):.2f}, max "
+        f"{np.max(full.fluxes / aper):.2f}; flags {np.bincount(np.asarray(full.flags).ravel()).tolist()}")
+    from gsprep.psf.spatial import max_degree
+
+    log(f"    degree='auto' may try up to degree {max_degree(n - len(folds[0]))} with "
+        f"{n - len(folds[0])} training stars (6 per polynomial term)")
     scores = {m: np.full((n, 4), np.nan) for m in METHODS}
     xscores = {m: np.full((n, 4), np.nan) for m in METHODS}
     times = {m: 0.0 for m in METHODS}
@@ -399,6 +418,11 @@ def run_frame(fr, k, log, xcheck=True):
             notes.update("gA " + x for x in w)
             auto_deg.append(int(np.max(gA.degree)))
             psfs["gA"] = lambda i, g=gA: (g.psf_at(*frame_xy[i], warn=False), None)
+            # diagnostic, not a default: the same fit without the robust pixel clipping
+            gR, dt, w = quiet(gsprep.fit_epsf, tr, oversampling=k, robust=False)
+            times["g0 rob=F"] += dt
+            notes.update("g0 rob=F " + x for x in w)
+            psfs["g0 rob=F"] = lambda i, g=gR: (g.psf, None)
             try:
                 (e, _), dt, w = quiet(photutils_epsf_raw, tr.data, tr.sigma, tr.mask, oversampling=k)
                 times["EPSFB"] += dt
@@ -426,7 +450,7 @@ def run_frame(fr, k, log, xcheck=True):
                     def get(i, out=out):
                         e = psfex_at(out, *frame_xy[i])
                         c = e.shape[0] // 2
-                        on, g = epsf_to_gsprep_grid(e, c, k)
+                        _on, g = epsf_to_gsprep_grid(e, c, k)
                         return g, (e, c)
 
                     psfs[name] = get
@@ -444,8 +468,8 @@ def run_frame(fr, k, log, xcheck=True):
                             raw = (to_epsf_convention(g, k), (g.shape[0] - 1) / 2.0)
                         xscores[m][i] = independent_score(raw[0], raw[1], k, st1, r_core)
     notes.discard("")
-    return dict(name=fr["name"], k=k, n=n, nfold=len(folds), fwhm=fwhm, scores=scores, xscores=xscores,
-                times=times, auto=auto_deg, notes=sorted(notes), roundtrip=roundtrip)
+    return {"name": fr["name"], "k": k, "n": n, "nfold": len(folds), "fwhm": fwhm, "scores": scores, "xscores": xscores,
+                "times": times, "auto": auto_deg, "notes": sorted(notes), "roundtrip": roundtrip}
 
 
 # --------------------------------------------------------------------------- report
@@ -461,8 +485,8 @@ def _f(v, fmt="{:.3f}"):
 
 def table(rows, key="scores", title=""):
     out = [title,
-           "| frame | k | n | folds | method | med core chi2 | med stamp chi2 | med RFF | RFF noise floor "
-           "| g0 better (core) | gA better (core) | g0 better (stamp) | gA better (stamp) | build time s |",
+           ("| frame | k | n | folds | method | med core chi2 | med stamp chi2 | med RFF | RFF noise floor "
+           "| g0 better (core) | gA better (core) | g0 better (stamp) | gA better (stamp) | build time s |"),
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sc = r[key]
@@ -489,6 +513,14 @@ def table(rows, key="scores", title=""):
 def ranking(r, key):
     meds = {m: _med(r[key][m][:, 0]) for m in METHODS if np.isfinite(r[key][m][:, 0]).any()}
     return [m for m, _ in sorted(meds.items(), key=lambda kv: kv[1])]
+
+
+def with_home(r):
+    """Each method scored by the scorer with its own interpolation: gsprep's PSFs by fit_stars (its band-limited
+    shift), EPSFBuilder's and PSFEx's raw ePSF arrays by the independent spline scorer (no conversion)."""
+    r = dict(r)
+    r["home"] = {m: r[HOME.get(m, "xscores")][m] for m in METHODS}
+    return r
 
 
 def _source_commit():
@@ -530,7 +562,7 @@ def main():
     vers = []
     if px:
         for tool in ("psfex", "sex"):
-            v = subprocess.run([px[tool], "-v"], capture_output=True, text=True).stdout.strip().splitlines()
+            v = subprocess.run([px[tool], "-v"], capture_output=True, text=True, check=False).stdout.strip().splitlines()
             vers.append(v[0] if v else tool)
     log(f"gsprep {gsprep.__version__} from {Path(gsprep.__file__).resolve().parent} ({_source_commit()}); "
         f"jax {jax.__version__}, photutils {photutils.__version__}, numpy {np.__version__}; "
@@ -598,6 +630,11 @@ def main():
             a, b = ranking(r, "scores"), ranking(r, "xscores")
             log(f"  {r['name']} k={r['k']}: {' < '.join(a)} | {' < '.join(b)}" + ("  (same order)" if a == b else
                                                                                    "  (ORDER DIFFERS)"))
+        log()
+        hrows = [with_home(r) for r in rows]
+        for s in table(hrows, "home", "Each method on its home scorer: gsprep (g0, gA, g0 rob=F) by fit_stars, "
+                       "EPSFBuilder and PSFEx by the independent spline scorer on their raw arrays."):
+            log(s)
     log()
     log(f"Total wall time {time.perf_counter() - t_start:.0f} s")
     if args.save:
