@@ -16,6 +16,9 @@ import numpy as np
 from .solver import psf
 from .model import models
 
+#: below this FWHM (native px) of the stars' median stamp the pre-fit clipping (:func:`gross_outliers`) is skipped
+UNDERSAMPLED_FWHM = 2.0
+
 
 def gross_outliers(d, w, flux, sky, thr, xy=None):
     """Weights with gross outliers removed, before any PSF model exists (numpy).
@@ -24,7 +27,10 @@ def gross_outliers(d, w, flux, sky, thr, xy=None):
     median of all of them (moved to the star's centre ``xy`` when given); a
     pixel is an outlier when it lies above it by
     more than ``thr`` sigma plus what a 0.7-pixel shift of the median stamp
-    allows (the stars' sub-pixel offsets).  Only excess flux counts (cosmic
+    allows (the stars' sub-pixel offsets).  Nothing is clipped when the
+    median stamp's FWHM is below :data:`UNDERSAMPLED_FWHM`: an undersampled
+    star's shape is set by its sub-pixel phase, so the median cannot tell
+    its own pixels from foreign ones.  Only excess flux counts (cosmic
     rays and neighbours add light), and the star's own core (within half the
     median stamp's FWHM of its centre ``xy``, at least 1 px) is never clipped here: a sharp
     star half a pixel off the median differs most there, and the fit's own
@@ -40,6 +46,12 @@ def gross_outliers(d, w, flux, sky, thr, xy=None):
         warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
         med = np.nanmedian(stack, axis=0)
     med = np.where(np.isfinite(med), med, 0.0)
+    peak = med.max()
+    if peak <= 0 or 2.0 * np.sqrt((med >= 0.5 * peak).sum() / np.pi) < UNDERSAMPLED_FWHM:
+        # undersampled stars: a star's shape is its sub-pixel phase, not the median's; the median says nothing
+        # about which pixels are foreign (on EY UMa this clipped the stars' cores' neighbours, and the fit put
+        # a pedestal there: fluxes 2-30x the aperture's); the fit's own clipping, with a model, judges them
+        return w, flux
     grad = ndimage.maximum_filter(med, 3) - ndimage.minimum_filter(med, 3)
     ref = np.broadcast_to(med, d.shape)
     if xy is not None:  # the median profile moved to each star's own centre (sub-pixel phases)
