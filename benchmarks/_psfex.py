@@ -80,7 +80,8 @@ FLAGS
 """
 
 
-def _sex_config(work, vignet, aperture):
+def _sex_config(work, vignet, aperture, **override):
+    """Write ``stars.sex`` and ``stars.param`` in ``work``; ``override``: settings that differ (e.g. ``BACK_VALUE``)."""
     cfg = dict(
         CATALOG_NAME="stars.cat", CATALOG_TYPE="FITS_LDAC", PARAMETERS_NAME="stars.param",
         DETECT_TYPE="CCD", DETECT_MINAREA="3", DETECT_THRESH="5", ANALYSIS_THRESH="5",
@@ -92,6 +93,7 @@ def _sex_config(work, vignet, aperture):
         BACK_TYPE="MANUAL", BACK_VALUE="0.0", BACK_SIZE="64", BACK_FILTERSIZE="3",
         CHECKIMAGE_TYPE="NONE", MEMORY_PIXSTACK="3000000", VERBOSE_TYPE="QUIET", WRITE_XML="N",
     )
+    cfg.update(override)
     (work / "stars.sex").write_text("".join(f"{k} {v}\n" for k, v in cfg.items()))
     (work / "stars.param").write_text(_SEX_PARAMS.format(v=vignet))
 

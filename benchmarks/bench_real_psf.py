@@ -92,7 +92,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))  # PYTHONPATH (a snapshot of gsprep at one commit) wins
 sys.path.insert(0, str(HERE))
 
-from _psfex import _SEX_PARAMS, _conv_file, available
+from _psfex import _sex_config, available
 
 import gsprep
 from gsprep.config import BandSpec, PrepareConfig
@@ -213,19 +213,7 @@ class PSFExFrame:
         rms = np.where(good, sigma, 1e30)
         fits.writeto(self.work / "image.fits", np.where(good, clean, 0.0).astype(np.float32), overwrite=True)
         fits.writeto(self.work / "rms.fits", rms.astype(np.float32), overwrite=True)
-        sex = {
-            "CATALOG_NAME": "all.cat", "CATALOG_TYPE": "FITS_LDAC", "PARAMETERS_NAME": "stars.param",
-            "DETECT_TYPE": "CCD", "DETECT_MINAREA": "3", "DETECT_THRESH": "5", "ANALYSIS_THRESH": "5",
-            "FILTER": "Y", "FILTER_NAME": _conv_file(), "DEBLEND_NTHRESH": "32", "DEBLEND_MINCONT": "0.005",
-            "CLEAN": "Y", "CLEAN_PARAM": "1.0", "MASK_TYPE": "CORRECT",
-            "WEIGHT_TYPE": "MAP_RMS", "WEIGHT_IMAGE": "rms.fits", "WEIGHT_GAIN": "N",
-            "PHOT_APERTURES": "15", "PHOT_AUTOPARAMS": "2.5,3.5", "PHOT_FLUXFRAC": "0.5",
-            "SATUR_LEVEL": "1e10", "GAIN": "1.0", "MAG_ZEROPOINT": "25.0", "PIXEL_SCALE": "1.0", "SEEING_FWHM": "3.0",
-            "BACK_TYPE": "MANUAL", "BACK_VALUE": "0.0", "BACK_SIZE": "64", "BACK_FILTERSIZE": "3",
-            "CHECKIMAGE_TYPE": "NONE", "MEMORY_PIXSTACK": "3000000", "VERBOSE_TYPE": "QUIET", "WRITE_XML": "N",
-        }
-        (self.work / "stars.sex").write_text("".join(f"{a} {b}\n" for a, b in sex.items()))
-        (self.work / "stars.param").write_text(_SEX_PARAMS.format(v=SIZE))
+        _sex_config(self.work, SIZE, 15, CATALOG_NAME="all.cat", SEEING_FWHM="3.0")
         t0 = time.perf_counter()
         subprocess.run([tools["sex"], "image.fits", "-c", "stars.sex"], cwd=self.work, check=True,
                        capture_output=True, text=True)
