@@ -524,21 +524,23 @@ class CachedFrames:
             raise ValueError(entry["error"])
         return entry
 
-    def read_bands(self, config):
+    def read_bands(self, config, *, windows=True):
         """``pipeline.read_bands(config)``, a band's frame read by window (:class:`FrameSection`) where it can be.
 
         That is where the band's sky and stars are cached (not an error),
         it has no noise, DQ, exposure or user-mask map nor preset, the cut
         is not recentred and the frame is a plain float image: its target
         then needs only the pixels under its cut.  Other bands are read
-        whole, with ``read_bands``' errors.
+        whole, with ``read_bands``' errors; ``windows=False`` reads every
+        band whole (figures need whole frames).  A frame read whole is kept
+        for the frame products computed here, so that it is read once.
         """
         from .pipeline import read_bands
 
         images, whole = {}, []
         for band, spec in config.bands.items():
             image = None
-            if (band in self.keys and getattr(config, "recenter", None) is None
+            if (windows and band in self.keys and getattr(config, "recenter", None) is None
                     and all(getattr(spec, k, None) is None for k in _MAP_KEYS)
                     and all(_usable(self.cache.get(k)) for k in self.keys[band][: 2 if config.psf else 1])):
                 try:

@@ -827,9 +827,11 @@ def run_target(config, out_dir, *, figures=True, progress=None, overwrite=False,
     from .presets import apply_presets
 
     config = apply_presets(config)  # each band's preset filled in from its file (an error stops here)
-    windowed = frames is not None and hasattr(frames, "read_bands") and not figures and not getattr(
-        config, "write_sky_subtracted", False)  # figures and the sky-subtracted frame need whole frames
-    images, read_errors = frames.read_bands(config) if windowed else read_bands(config)
+    if frames is not None and hasattr(frames, "read_bands"):  # figures and the sky-subtracted frame need whole frames
+        windows = not figures and not getattr(config, "write_sky_subtracted", False)
+        images, read_errors = frames.read_bands(config, windows=windows)
+    else:
+        images, read_errors = read_bands(config)
     maps = read_band_maps(config, images)  # a bad noise / DQ / mask map stops here, before any work
     products = (prepare_target(images, config.ra, config.dec, config, progress=progress, maps=maps, frames=frames)
                 if images else {})

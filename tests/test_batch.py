@@ -257,6 +257,30 @@ def test_a_lone_target_does_its_frames_in_its_own_task_and_fills_the_cache(tmp_p
     assert list(fm["computed"]) == ["", "", ""] and set(fm["status"]) == {"done"}
 
 
+def test_a_target_with_figures_reads_each_frame_once_while_it_fills_the_cache(tmp_path, monkeypatch):
+    # figures need whole frames: the frame read for them is the one the frame products are computed from
+    import gsprep.io
+    import gsprep.pipeline
+    from gsprep.pipeline import run_target
+
+    write_field(tmp_path, "A")
+    cfg = one_target_config(tmp_path)
+    reads, real = [], gsprep.io.read_image
+
+    def counting(path, *args, **kwargs):
+        reads.append(os.path.basename(os.fspath(path)))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(gsprep.io, "read_image", counting)
+    monkeypatch.setattr(gsprep.pipeline, "read_image", counting)
+    frames = framecache.CachedFrames(framecache.cache_at(tmp_path / "cache"), cfg, {})
+    run = run_target(cfg, tmp_path / "out", figures=True, frames=frames)
+    assert run.ok, run.errors
+    assert sorted(frames.computed) == ["psf", "sky", "sky", "stars", "stars"]
+    assert sorted(reads) == ["A_g.fits", "A_r.fits"]
+    assert any(f.endswith(".png") for f in os.listdir(tmp_path / "out"))
+
+
 def field_targets_row(folder, field):
     with fits.open(folder / "frames" / f"{field}_g.fits") as h:
         from astropy.wcs import WCS
