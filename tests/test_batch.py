@@ -264,7 +264,7 @@ def test_a_target_with_figures_reads_each_frame_once_while_it_fills_the_cache(tm
     from gsprep.pipeline import run_target
 
     write_field(tmp_path, "A")
-    cfg = one_target_config(tmp_path)
+    cfg = dataclasses.replace(one_target_config(tmp_path), psf=False)  # the sky alone: no PSF fit to compile
     reads, real = [], gsprep.io.read_image
 
     def counting(path, *args, **kwargs):
@@ -276,7 +276,7 @@ def test_a_target_with_figures_reads_each_frame_once_while_it_fills_the_cache(tm
     frames = framecache.CachedFrames(framecache.cache_at(tmp_path / "cache"), cfg, {})
     run = run_target(cfg, tmp_path / "out", figures=True, frames=frames)
     assert run.ok, run.errors
-    assert sorted(frames.computed) == ["psf", "sky", "sky", "stars", "stars"]
+    assert sorted(frames.computed) == ["sky", "sky"]
     assert sorted(reads) == ["A_g.fits", "A_r.fits"]
     assert any(f.endswith(".png") for f in os.listdir(tmp_path / "out"))
 
