@@ -234,7 +234,10 @@ def fit_epsf(stamps, sigmas=None, masks=None, *, oversampling=1, a_tv=0.0, a_sky
         usable stars the fit uses ``("profile", 0.1)`` and says so.
     robust : bool
         Drop gross outliers before fitting (pixels far from the median
-        star), then clip pixels beyond ``clip`` sigma (and their neighbours)
+        star; skipped when the median star's FWHM is below 1.5 px, where
+        one pixel holds the core and a star's shape is its sub-pixel phase:
+        the fit's own clipping then does it alone), then clip pixels beyond
+        ``clip`` sigma (and their neighbours)
         and flag stars whose reduced chi-square lies more than
         ``chi2_nsigma`` robust sigmas above the median (default True).
         With a varying PSF (``degree`` > 0) the stars are judged again under
